@@ -1,0 +1,17 @@
+"""LayerFusion's ComfyUI nodes: thin classes over `layerfusion_core`."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .latent import LayerFusionEmptyLatent, LayerFusionSplit
+
+NODES: list[type[io.ComfyNode]] = [
+    LayerFusionEmptyLatent,
+    LayerFusionSplit,
+]
+
+
+class LayerFusionExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,81 @@
+"""Random stand-ins for the LayerDiffuse weight files: the real tensor names, with shapes that fit
+the model they are made for, random seeded values, written as safetensors.
+
+The layout comes from `tests/data/layerdiffuse_tensors.json` (a copy of the team's data file, the
+names and shapes of the real downloads). Files whose shapes do not depend on the UNet (the
+transparent decoder and encoder) get exactly the real shapes; the attention LoRA keeps every real
+key whose target weight exists in the given UNet, with that weight's shape and a chosen rank.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+LAYOUT_FILE = Path(__file__).resolve().parent.parent / "data" / "layerdiffuse_tensors.json"
+ATTN_FILE = "layer_xl_transparent_attn.safetensors"
+DECODER_FILE = "vae_transparent_decoder.safetensors"
+ENCODER_FILE = "vae_transparent_encoder.safetensors"
+REAL_ATTN_RANK = 256
+_PATCH_KEY = re.compile(r"^(?P<target>.+)::(?P<kind>lora|diff)::(?P<index>\d+)$")
+
+
+@lru_cache(maxsize=1)
+def layout() -> dict[str, dict[str, list[int]]]:
+    """File name -> {tensor name: shape} of the real LayerDiffuse files."""
+    return json.loads(LAYOUT_FILE.read_text())["files"]
+
+
+def _random(shape: list[int] | torch.Size, gen: torch.Generator, scale: float) -> torch.Tensor:
+    return (torch.randn(list(shape), generator=gen) * scale).to(torch.float16)
+
+
+def exact_standin(file_name: str, seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """Every tensor of ``file_name`` with its real shape (fp16, like the downloads)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: _random(shape, gen, scale) for name, shape in sorted(layout()[file_name].items())}
+
+
+def attn_lora_standin(
+    unet_shapes: Mapping[str, torch.Size], rank: int = 8, seed: int = 0, scale: float = 0.05
+) -> dict[str, torch.Tensor]:
+    """The attention LoRA for a UNet whose state dict (``diffusion_model.``-prefixed keys) has
+    ``unet_shapes``: index 0 (up) ``[out, rank]``, index 1 (down) ``[rank, in]``."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted(layout()[ATTN_FILE]):
+        match = _PATCH_KEY.match(name)
+        if match is None or match["target"] not in unet_shapes:
+            continue
+        rows, cols = unet_shapes[match["target"]][:2]
+        shape = [rows, rank] if match["index"] == "0" else [rank, cols]
+        out[name] = _random(shape, gen, scale)
+    return out
+
+
+def unet_shapes(model_patcher) -> dict[str, torch.Size]:
+    """``diffusion_model.``-prefixed state-dict shapes of a ComfyUI ModelPatcher's UNet."""
+    return {f"diffusion_model.{k}": v.shape for k, v in model_patcher.model.diffusion_model.state_dict().items()}
+
+
+def write_standins(layer_model_dir: Path, shapes: Mapping[str, torch.Size], rank: int = 8, seed: int = 0) -> dict[str, Path]:
+    """Write the attention LoRA, decoder and encoder stand-ins into ``layer_model_dir``."""
+    from safetensors.torch import save_file
+
+    layer_model_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        ATTN_FILE: attn_lora_standin(shapes, rank=rank, seed=seed),
+        DECODER_FILE: exact_standin(DECODER_FILE, seed=seed + 1),
+        ENCODER_FILE: exact_standin(ENCODER_FILE, seed=seed + 2),
+    }
+    paths = {}
+    for name, tensors in files.items():
+        path = layer_model_dir / name
+        save_file(tensors, str(path))
+        paths[name] = path
+    return paths

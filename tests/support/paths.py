@@ -1,0 +1,38 @@
+"""Where things are: the repository, the ComfyUI host in use, the project's Python."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
+TEST_NODES = TESTS / "layerfusion_testnodes"
+PACK_NAME = "ComfyUI-LayerFusion"  # the folder name the pack is given inside a server's custom_nodes
+
+
+@lru_cache(maxsize=1)
+def bootstrap() -> ModuleType:
+    """`scripts/bootstrap.py` (the one place that decides which ComfyUI is used)."""
+    spec = importlib.util.spec_from_file_location("layerfusion_bootstrap", REPO / "scripts" / "bootstrap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def comfyui_dir() -> Path:
+    return bootstrap().host_path()[0]
+
+
+def python() -> Path:
+    """The interpreter that runs ComfyUI: the project's venv, or this one when already inside it."""
+    venv = bootstrap().venv_python()
+    return venv if venv.is_file() else Path(sys.executable)
+
+
+def pack_inside_host(host: Path) -> bool:
+    """True when this repository already sits in ``host``'s custom_nodes (ComfyUI loads it itself)."""
+    return REPO.parent.resolve() == (host / "custom_nodes").resolve()
