@@ -44,6 +44,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def execution_error(history_entry: dict[str, Any]) -> str:
+    """The node, exception type and message of a failed prompt's history entry."""
+    for kind, data in history_entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return (f"{data.get('node_type')} (node {data.get('node_id')}): "
+                    f"{data.get('exception_type')}: {data.get('exception_message')}")
+    return json.dumps(history_entry.get("status", {}))[-2000:]
+
+
 class ComfyServer:
     def __init__(
         self,
@@ -137,6 +146,16 @@ class ComfyServer:
             raise ServerError("a custom node pack failed to import:\n" + "\n".join(failures) + "\n" + self.log_tail())
         return self
 
+    def quick_test(self, timeout: float = 300) -> int:
+        """Run ComfyUI's own ``--quick-test-for-ci`` (start, load every node, exit) into the log file.
+
+        Returns its exit code; it is 0 even when a pack failed to import: read `import_failures()`.
+        """
+        with open(self.log_path, "wb") as log_file:
+            done = subprocess.run(self.command() + ["--quick-test-for-ci"], cwd=self.host, stdout=log_file,
+                                  stderr=subprocess.STDOUT, timeout=timeout)
+        return done.returncode
+
     def stop(self) -> None:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
@@ -215,8 +234,7 @@ class ComfyServer:
             if entry and entry.get("status", {}).get("completed"):
                 return entry
             if entry and entry.get("status", {}).get("status_str") == "error":
-                messages = entry["status"].get("messages", [])
-                raise ServerError(f"prompt {prompt_id} failed: {json.dumps(messages, indent=1)[-4000:]}")
+                raise ServerError(f"prompt {prompt_id} failed: {execution_error(entry)}")
             time.sleep(0.2)
         raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f}s:\n{self.log_tail()}")
 

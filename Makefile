@@ -1,0 +1,30 @@
+# LayerFusion: two commands do everything (`make demo`, `make test`); each sets itself up first.
+PYTHON ?= python3
+VENV_PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-unit test-integration test-e2e demo serve clean
+
+setup:
+	@$(PYTHON) scripts/bootstrap.py setup
+
+test: setup
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(VENV_PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(VENV_PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(VENV_PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV_PY) scripts/demo.py $(DEMO_ARGS)
+
+serve: setup
+	$(VENV_PY) scripts/serve.py $(SERVE_ARGS)
+
+clean:
+	rm -rf .venv .cache output .pytest_cache

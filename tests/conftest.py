@@ -1,0 +1,21 @@
+"""Test tiers (see ../shared/spec/style.md): tests/unit (core maths, no ComfyUI),
+tests/integration (the real ComfyUI in-process, tiny model), tests/e2e (the real server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support.pack import import_pack
+
+TIERS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+import_pack()  # makes `layerfusion.*` importable in every test module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, TIERS[tier]))

@@ -1,0 +1,90 @@
+"""The pack inside a real ComfyUI server: loaded, listed, and running graphs through /prompt."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from support.comfy_server import ComfyServer, ServerError
+from support.paths import PACK_NAME, REPO
+from support.workflows import load_api, on_tiny_model, output_paths, saved_images
+
+PACK_NODES = {"LayerFusionEmptyLatent", "LayerFusionSplit"}
+
+
+def test_pack_nodes_are_in_object_info(server):
+    info = server.object_info()
+    assert PACK_NODES <= set(info)
+    for node_id in PACK_NODES:
+        node = info[node_id]
+        assert node["category"] == "LayerFusion"
+        assert node["display_name"].startswith("LayerFusion ")
+        assert node["description"]
+        assert PACK_NAME in node["python_module"]
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_pack_imported_without_failure(server):
+    assert server.import_failures() == []
+    loaded = [line for line in server.log_text().splitlines() if line.rstrip().endswith(f"custom_nodes/{PACK_NAME}")]
+    assert loaded and "IMPORT FAILED" not in loaded[0]
+
+
+def test_demo_graph_runs_on_the_tiny_model(server):
+    outputs = server.run(on_tiny_model(load_api("layerfusion"), size=128))
+    images = saved_images(outputs)
+    assert sorted(img["filename"].split("_")[0] for img in images) == ["bg", "blend", "fg"]
+    pixels = []
+    for path in output_paths(outputs, server.output_dir):
+        with Image.open(path) as img:
+            assert img.size == (128, 128)
+            pixels.append(img.convert("RGB").tobytes())
+    assert len(set(pixels)) == 3, "fg, bg and blend come from different noise and must differ"
+    assert Image.open(io.BytesIO(server.view(images[0]))).size == (128, 128)
+
+
+def test_split_refuses_a_batch_that_is_not_three_streams(server):
+    graph = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
+        "2": {"class_type": "LayerFusionSplit", "inputs": {"latent": ["1", 0]}},
+        "3": {"class_type": "LayerFusionTestTinySDXL", "inputs": {"variant": "depth1", "seed": 0}},
+        "4": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["3", 2]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+    with pytest.raises(ServerError, match=r"LayerFusion Split: input 'latent': has 4 rows, expected a multiple of 3"):
+        server.run(graph)
+
+
+def test_quick_test_for_ci_loads_the_pack(tmp_path):
+    host = ComfyServer(test_nodes=False, base_dir=tmp_path)
+    assert host.quick_test() == 0
+    lines = host.log_text().splitlines()
+    assert any(line.rstrip().endswith(f"custom_nodes/{PACK_NAME}") and "seconds" in line for line in lines), host.log_tail()
+    assert host.import_failures() == []
+
+
+def test_harness_fails_when_a_pack_fails_to_import(tmp_path):
+    broken = tmp_path / "custom_nodes" / "broken_pack"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('this pack is broken on purpose')\n")
+    host = ComfyServer(test_nodes=False, base_dir=tmp_path)
+    with pytest.raises(ServerError, match="broken_pack"):
+        host.start()
+    assert host.process is None  # stopped
+
+
+def test_demo_script_writes_pngs(tmp_path):
+    out = tmp_path / "output"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--tiny", "--output", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tiny random-weight model" in done.stdout
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 3
+    assert all(str(p) in done.stdout for p in pngs)

@@ -1,0 +1,58 @@
+"""The shipped example workflows (API-format twins) and how the demo and tests adapt them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from .paths import REPO
+
+API_DIR = REPO / "example_workflows" / "api"
+TINY_LOADER = "LayerFusionTestTinySDXL"
+CHECKPOINT_LOADER = "CheckpointLoaderSimple"
+
+
+def load_api(name: str) -> dict[str, Any]:
+    return json.loads((API_DIR / f"{name}.json").read_text())
+
+
+def nodes_of(graph: dict[str, Any], class_type: str) -> list[str]:
+    return [node_id for node_id, node in graph.items() if node["class_type"] == class_type]
+
+
+def on_tiny_model(graph: dict[str, Any], *, size: int = 128, steps: int = 4, variant: str = "depth1") -> dict[str, Any]:
+    """The same graph with every checkpoint loader replaced by the tiny random-weight SDXL loader
+    (same outputs: MODEL, CLIP, VAE), at a small size and few steps."""
+    graph = copy.deepcopy(graph)
+    loaders = nodes_of(graph, CHECKPOINT_LOADER)
+    if not loaders:
+        raise ValueError("the graph has no CheckpointLoaderSimple to stand the tiny model in for")
+    for node_id in loaders:
+        graph[node_id] = {"class_type": TINY_LOADER, "inputs": {"variant": variant, "seed": 0},
+                          "_meta": {"title": "Tiny random-weight SDXL (test model)"}}
+    for node in graph.values():
+        inputs = node["inputs"]
+        for key in ("width", "height"):
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = size
+        if "steps" in inputs and not isinstance(inputs["steps"], list):
+            inputs["steps"] = steps
+    return graph
+
+
+def with_checkpoint(graph: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    graph = copy.deepcopy(graph)
+    for node_id in nodes_of(graph, CHECKPOINT_LOADER):
+        graph[node_id]["inputs"]["ckpt_name"] = checkpoint
+    return graph
+
+
+def saved_images(outputs: dict[str, Any]) -> list[dict[str, str]]:
+    """Every image file a finished prompt's outputs list (``filename``, ``subfolder``, ``type``)."""
+    return [image for node_out in outputs.values() for image in node_out.get("images", [])]
+
+
+def output_paths(outputs: dict[str, Any], output_dir: Path) -> list[Path]:
+    return [output_dir / image["subfolder"] / image["filename"] for image in saved_images(outputs) if image["type"] == "output"]
