@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
     models_dirs = [p for p in (args.models, comfyui_dir() / "models") if p is not None]
     checkpoint = None if args.tiny else find_checkpoint(models_dirs, args.checkpoint)
+    if args.checkpoint and not args.tiny and checkpoint is None:
+        searched = ", ".join(str(p / "checkpoints") for p in models_dirs)
+        print(f"demo: checkpoint {args.checkpoint!r} is not in {searched}", file=sys.stderr)
+        return 1
     graph = load_api(WORKFLOW)
     if checkpoint:
         print(f"demo: real weights, checkpoint {checkpoint}")
