@@ -10,8 +10,10 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     """ComfyUI's V3 extension entry point."""
+    from .layerfusion_core.weight_files import register_model_folders
     from .nodes import LayerFusionExtension
 
+    register_model_folders()
     return LayerFusionExtension()
 
 

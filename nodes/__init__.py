@@ -5,10 +5,12 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .latent import LayerFusionEmptyLatent, LayerFusionSplit
+from .lora import LayerFusionLoraApply
 
 NODES: list[type[io.ComfyNode]] = [
     LayerFusionEmptyLatent,
     LayerFusionSplit,
+    LayerFusionLoraApply,
 ]
 
 

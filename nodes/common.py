@@ -8,4 +8,4 @@ MAX_RESOLUTION = 16384
 
 def node_error(node: str, input_name: str, problem: str, fix: str) -> ValueError:
     """An error for people: which node, which input, what was wrong, what to do."""
-    return ValueError(f"{node}: input '{input_name}': {problem}. {fix}")
+    return ValueError(f"{node}: input '{input_name}': {problem.rstrip('.')}. {fix}")

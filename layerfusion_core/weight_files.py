@@ -1,0 +1,100 @@
+"""The LayerDiffuse weight files users already have, and where ComfyUI keeps them.
+
+One table (`KNOWN_FILES`) describes every file this pack knows; the `layer_model` model folder is
+registered with ComfyUI's folder_paths (entries in extra_model_paths.yaml keep working). Only
+safetensors files are ever listed or read: no pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+
+LAYER_MODEL_FOLDER = "layer_model"
+LORA_FOLDER = "loras"
+SAFE_SUFFIXES = (".safetensors", ".sft")
+HF_REPO = "LayerDiffusion/layerdiffusion-v1"
+HF_URL = "https://huggingface.co/" + HF_REPO + "/resolve/main/{name}"
+
+
+class FileKind(enum.Enum):
+    ATTENTION_LORA = "attention LoRA (rank 256, frozen-patcher keys)"
+    FULL_DELTA = "full weight deltas (frozen-patcher keys)"
+    CONDITIONAL = "conditional model (deltas, widened input conv)"
+    DECODER = "transparent VAE decoder"
+    ENCODER = "transparent VAE latent-offset encoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownFile:
+    name: str
+    kind: FileKind
+    arch: str  # "sdxl" or "sd15"
+    size_mb: float  # as published
+    sha256: str | None = None  # None where no verified hash is known
+
+    @property
+    def url(self) -> str:
+        return HF_URL.format(name=self.name)
+
+    @property
+    def folder(self) -> str:
+        return LAYER_MODEL_FOLDER
+
+
+KNOWN_FILES: tuple[KnownFile, ...] = (
+    KnownFile("layer_xl_transparent_attn.safetensors", FileKind.ATTENTION_LORA, "sdxl", 743),
+    KnownFile("layer_xl_transparent_conv.safetensors", FileKind.FULL_DELTA, "sdxl", 3620),
+    KnownFile("vae_transparent_decoder.safetensors", FileKind.DECODER, "sdxl", 208),
+    KnownFile("vae_transparent_encoder.safetensors", FileKind.ENCODER, "sdxl", 2.4),
+    KnownFile("layer_xl_fg2ble.safetensors", FileKind.CONDITIONAL, "sdxl", 702),
+    KnownFile("layer_xl_bg2ble.safetensors", FileKind.CONDITIONAL, "sdxl", 702),
+    KnownFile("layer_xl_fgble2bg.safetensors", FileKind.CONDITIONAL, "sdxl", 702),
+    KnownFile("layer_xl_bgble2fg.safetensors", FileKind.CONDITIONAL, "sdxl", 3620),
+    KnownFile("layer_sd15_transparent_attn.safetensors", FileKind.ATTENTION_LORA, "sd15", 0),
+)
+KNOWN_BY_NAME: dict[str, KnownFile] = {f.name: f for f in KNOWN_FILES}
+
+
+def known_file(file_name: str) -> KnownFile | None:
+    """The table entry for a file name (its base name), if this pack knows it."""
+    return KNOWN_BY_NAME.get(os.path.basename(file_name))
+
+
+def register_model_folders() -> None:
+    """Add `<models>/layer_model` to ComfyUI's folder_paths (call once, from the entry point)."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path(LAYER_MODEL_FOLDER, os.path.join(folder_paths.models_dir, LAYER_MODEL_FOLDER))
+
+
+def list_files(folder: str) -> list[str]:
+    """The safetensors files ComfyUI lists in one of its model folders (names relative to it)."""
+    import folder_paths
+
+    try:
+        names = folder_paths.get_filename_list(folder)
+    except KeyError:
+        return []
+    return sorted(n for n in names if n.lower().endswith(SAFE_SUFFIXES))
+
+
+def lora_choices() -> list[str]:
+    """What `LayerFusion LoRA Apply` offers: layer_model files first, then ordinary LoRAs."""
+    seen = list_files(LAYER_MODEL_FOLDER)
+    return seen + [n for n in list_files(LORA_FOLDER) if n not in seen]
+
+
+def resolve(file_name: str, folders: tuple[str, ...] = (LAYER_MODEL_FOLDER, LORA_FOLDER)) -> str:
+    """The full path of a listed file name (first folder that has it). Names come only from
+    ComfyUI's folder lists; a name not listed there is an error that says where files belong."""
+    import folder_paths
+
+    for folder in folders:
+        if file_name in list_files(folder):
+            return folder_paths.get_full_path_or_raise(folder, file_name)
+    known = known_file(file_name)
+    where = f"ComfyUI/models/{LAYER_MODEL_FOLDER}/"
+    hint = f" Download it from {known.url} into {where}" if known else f" Put it in {where} or ComfyUI/models/{LORA_FOLDER}/"
+    raise FileNotFoundError(f"{file_name} is not in ComfyUI's {' or '.join(folders)} folders.{hint}, then refresh.")
