@@ -4,11 +4,7 @@ import pytest
 
 from support.host import import_comfy
 
-
-@pytest.fixture(scope="session", autouse=True)
-def comfy_host():
-    """The real ComfyUI, importable in-process (CPU)."""
-    return import_comfy()
+import_comfy()  # the real ComfyUI, importable in-process (CPU), before any test module imports it
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,41 @@
+"""The layer_model folder in ComfyUI's folder_paths, and the table of known files."""
+
+from __future__ import annotations
+
+import pytest
+
+from layerfusion.layerfusion_core import weight_files
+
+
+def test_layer_model_folder_keeps_extra_model_paths_entries(tmp_path):
+    import folder_paths
+
+    from_yaml = tmp_path / "shared_models" / "layer_model"
+    from_yaml.mkdir(parents=True)
+    (from_yaml / "layer_xl_transparent_attn.safetensors").write_bytes(b"")
+    (from_yaml / "old_pickle.ckpt").write_bytes(b"")
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "style.safetensors").write_bytes(b"")
+    folder_paths.add_model_folder_path("layer_model", str(from_yaml))  # what extra_model_paths.yaml does at startup
+    folder_paths.add_model_folder_path("loras", str(tmp_path / "loras"))
+    weight_files.register_model_folders()
+    paths = folder_paths.get_folder_paths("layer_model")
+    assert str(from_yaml) in paths and any(p.endswith("models/layer_model") for p in paths)
+    choices = weight_files.lora_choices()
+    assert choices.index("layer_xl_transparent_attn.safetensors") < choices.index("style.safetensors")
+    assert "old_pickle.ckpt" not in choices  # only safetensors are offered
+    assert weight_files.resolve("style.safetensors") == str(tmp_path / "loras" / "style.safetensors")
+
+
+def test_a_missing_known_file_says_where_to_get_it():
+    with pytest.raises(FileNotFoundError, match=r"huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/layer_xl_transparent_conv.safetensors into ComfyUI/models/layer_model/"):
+        weight_files.resolve("layer_xl_transparent_conv.safetensors")
+    with pytest.raises(FileNotFoundError, match="is not in ComfyUI's layer_model or loras folders"):
+        weight_files.resolve("../../secrets.safetensors")
+
+
+def test_known_files_table_is_consistent():
+    names = [f.name for f in weight_files.KNOWN_FILES]
+    assert len(names) == len(set(names))
+    attn = weight_files.known_file("some/dir/layer_xl_transparent_attn.safetensors")
+    assert attn.kind is weight_files.FileKind.ATTENTION_LORA and attn.folder == "layer_model"
