@@ -15,15 +15,14 @@ batch only) and, apart, whatever cannot (full deltas, conv or DoRA adapters). Ev
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import struct
 from typing import Any, Mapping
 
 import torch
 
-from .weight_files import SAFE_SUFFIXES, FileKind, known_file
+from .safetensors_io import WeightFileError, read_safetensors
+from .weight_files import FileKind, known_file
 
 FROZEN_KEY = re.compile(r"^(?P<target>.+)::(?P<kind>[a-z_]+)::(?P<index>\d+)$")
 TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te_", "te1", "te2", "clip_", "lora_clip")
@@ -31,7 +30,7 @@ SD15_ONLY_BLOCKS = re.compile(r"(input_blocks\.[12]\.1\.|output_blocks\.(9|10|11
 EXAMPLE_SDXL_KEY = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight::lora::0"
 
 
-class LoRAFileError(ValueError):
+class LoRAFileError(WeightFileError):
     """A LoRA file that cannot be applied to this model, and why."""
 
 
@@ -54,36 +53,6 @@ class LoadedLoRA:
     @property
     def patched_weights(self) -> int:
         return len(self.low_rank) + len(self.full_patches)
-
-
-# ---- reading ----------------------------------------------------------------------------------
-def read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, after checking it is one and is whole."""
-    name = os.path.basename(path)
-    if not path.lower().endswith(SAFE_SUFFIXES):
-        raise LoRAFileError(f"{name}: only .safetensors files are read (no pickle is ever loaded); convert it to safetensors")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise LoRAFileError(f"{name}: {size} bytes is too short for a safetensors file; download it again")
-        header_len = struct.unpack("<Q", head)[0]
-        if header_len <= 0 or 8 + header_len > size:
-            raise LoRAFileError(f"{name}: not a safetensors file, or its header is cut off; download it again")
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LoRAFileError(f"{name}: not a safetensors file (its header is not JSON: {err})") from None
-    data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + data_end > size:
-        missing = 8 + header_len + data_end - size
-        raise LoRAFileError(f"{name}: the file is truncated ({missing} bytes missing); download it again")
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except Exception as err:  # safetensors raises its own error types
-        raise LoRAFileError(f"{name}: could not be read as safetensors ({err}); download it again") from None
 
 
 def is_frozen_format(tensors: Mapping[str, torch.Tensor]) -> bool:
@@ -217,7 +186,10 @@ def load_lora(path: str, comfy_model) -> LoadedLoRA:
     known = known_file(file_name)
     if known is not None and known.kind not in (FileKind.ATTENTION_LORA, FileKind.FULL_DELTA):
         raise LoRAFileError(f"{file_name}: is a LayerDiffuse {known.kind.value}, not a LoRA; use it with the node made for it")
-    tensors = read_safetensors(path)
+    try:
+        tensors = read_safetensors(path)
+    except WeightFileError as err:
+        raise LoRAFileError(str(err)) from None
     if not tensors:
         raise LoRAFileError(f"{file_name}: holds no tensors")
     if is_frozen_format(tensors):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import lora_files, patching
+from layerfusion.layerfusion_core import lora_files, patching, safetensors_io
 from layerfusion.layerfusion_core.patching import Branch
 from layerfusion_testnodes import layout, standins, tiny_sdxl
 from support.sampling import changed_rows, identical_rows, sample
@@ -89,7 +89,7 @@ def test_fg_rows_equal_the_lora_merged_into_the_weights(layered, attn, base, fil
     weight = 0.7
     patched = sample(patching.apply_branch_lora(layered, attn, Branch.FG, weight), ROWS)
     merged_model = tiny_sdxl.build_unet("depth1", seed=0)  # an independent copy, merged by hand
-    tensors = lora_files.read_safetensors(files[standins.ATTN_FILE])
+    tensors = safetensors_io.read_safetensors(files[standins.ATTN_FILE])
     params = dict(merged_model.model.named_parameters())
     with torch.no_grad():
         for key in {k.split("::")[0] for k in tensors}:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core import lora_files
+from layerfusion.layerfusion_core import lora_files, safetensors_io
 from layerfusion.layerfusion_core.lora_files import LoRAFileError
 
 Q = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
@@ -74,16 +74,16 @@ def test_a_widened_input_conv_is_a_conditional_model_not_a_lora():
 def test_only_safetensors_are_read(tmp_path):
     pickle_file = tmp_path / "layer_xl_transparent_attn.ckpt"
     pickle_file.write_bytes(b"\x80\x04K\x01.")
-    with pytest.raises(LoRAFileError, match="no pickle is ever loaded"):
-        lora_files.read_safetensors(str(pickle_file))
+    with pytest.raises(safetensors_io.WeightFileError, match="no pickle is ever loaded"):
+        safetensors_io.read_safetensors(str(pickle_file))
     not_st = tmp_path / "fake.safetensors"
     not_st.write_bytes(b"PK\x03\x04 this is a zip archive, not safetensors" * 4)
-    with pytest.raises(LoRAFileError, match="fake.safetensors: not a safetensors file"):
-        lora_files.read_safetensors(str(not_st))
+    with pytest.raises(safetensors_io.WeightFileError, match="fake.safetensors: not a safetensors file"):
+        safetensors_io.read_safetensors(str(not_st))
     tiny = tmp_path / "tiny.safetensors"
     tiny.write_bytes(b"abc")
-    with pytest.raises(LoRAFileError, match="too short"):
-        lora_files.read_safetensors(str(tiny))
+    with pytest.raises(safetensors_io.WeightFileError, match="too short"):
+        safetensors_io.read_safetensors(str(tiny))
 
 
 def test_a_truncated_file_is_refused(tmp_path):
@@ -91,15 +91,15 @@ def test_a_truncated_file_is_refused(tmp_path):
     save_file(frozen(), str(path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
-    with pytest.raises(LoRAFileError, match=r"truncated \(100 bytes missing\)"):
-        lora_files.read_safetensors(str(path))
+    with pytest.raises(safetensors_io.WeightFileError, match=r"truncated \(100 bytes missing\)"):
+        safetensors_io.read_safetensors(str(path))
     path.write_bytes(data[:20])
-    with pytest.raises(LoRAFileError, match="header is cut off"):
-        lora_files.read_safetensors(str(path))
+    with pytest.raises(safetensors_io.WeightFileError, match="header is cut off"):
+        safetensors_io.read_safetensors(str(path))
 
 
 def test_known_files_of_another_kind_are_not_loras(tmp_path):
     path = tmp_path / "vae_transparent_decoder.safetensors"
     save_file({"conv_in.weight": torch.zeros(1)}, str(path))
-    with pytest.raises(LoRAFileError, match="is a LayerDiffuse transparent VAE decoder, not a LoRA"):
+    with pytest.raises(safetensors_io.WeightFileError, match="is a LayerDiffuse transparent VAE decoder, not a LoRA"):
         lora_files.load_lora(str(path), comfy_model=None)

@@ -1,0 +1,117 @@
+"""Transparent decode and encode maths as plain functions (tensors in, tensors out).
+
+Shapes: pixels/images ``[B, C, H, W]`` (NCHW) unless a name says ``bhwc``; latents
+``[B, 4, H/8, W/8]``; colours in [0, 1]; alpha straight (not premultiplied).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+# The 8 test-time augmentations: horizontal flip off/on x rotation by k * 90 degrees.
+AUGMENTATIONS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (False, True) for k in range(4))
+IDENTITY: tuple[tuple[bool, int], ...] = ((False, 0),)
+GREY = 0.5
+PYRAMID_FACTOR = 1.2
+
+
+def augment(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
+    """Flip (last axis) then rotate by ``k`` quarter turns: ``[B, C, H, W]``."""
+    if flip:
+        x = x.flip(-1)
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def unaugment(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
+    """The inverse of `augment`."""
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad ``[B, C, H, W]`` at the bottom and right (edge values repeated) to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def decode_rgba(
+    decoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
+    latent: torch.Tensor,
+    *,
+    size_multiple: int,
+    latent_scale: int = 8,
+    augmentations: Iterable[tuple[bool, int]] = AUGMENTATIONS,
+    sub_batch: int = 8,
+    on_progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """RGBA ``[B, 4, H, W]`` (R, G, B, straight alpha, in [0, 1]) from the SDXL VAE's RGB
+    ``pixels [B, 3, H, W]`` and the raw ``latent [B, 4, H/8, W/8]``.
+
+    ``decoder(pixels, latent) -> [n, 4, h, w]`` ([alpha, R, G, B]) runs on each augmented variant
+    (padded to ``size_multiple``); each output is clipped to [0, 1], undone, and the per-pixel
+    median of the variants is taken (torch's median: the lower of the two middle values for an
+    even count). Variants run ``sub_batch`` at a time; ``on_progress(n)`` reports each finished one.
+    """
+    b, _, h, w = pixels.shape
+    if latent.shape[-2:] != (h // latent_scale, w // latent_scale) or h % latent_scale or w % latent_scale:
+        raise ValueError(f"latent {tuple(latent.shape)} does not fit pixels {tuple(pixels.shape)} at scale {latent_scale}")
+    padded = pad_to_multiple(pixels, size_multiple)
+    padded_latent = pad_to_multiple(latent, size_multiple // latent_scale)
+    variants = list(augmentations)
+    # Work items grouped by output orientation, so each sub-batch has one shape.
+    items = sorted(((i, v) for i in range(b) for v in range(len(variants))), key=lambda item: variants[item[1]][1] % 2)
+    results: list[list[torch.Tensor | None]] = [[None] * len(variants) for _ in range(b)]
+    start = 0
+    while start < len(items):
+        odd = variants[items[start][1]][1] % 2
+        chunk = [it for it in items[start : start + sub_batch] if variants[it[1]][1] % 2 == odd]
+        start += len(chunk)
+        px = torch.cat([augment(padded[i : i + 1], *variants[v]) for i, v in chunk])
+        lt = torch.cat([augment(padded_latent[i : i + 1], *variants[v]) for i, v in chunk])
+        out = decoder(px, lt).clamp(0.0, 1.0)
+        for j, (i, v) in enumerate(chunk):
+            results[i][v] = unaugment(out[j : j + 1], *variants[v])[..., :h, :w].to(pixels.dtype)
+        if on_progress is not None:
+            on_progress(len(chunk))
+    stacked = torch.stack([torch.cat(r, dim=0) for r in results], dim=1)  # [V, B, 4, H, W]
+    alpha_rgb = stacked[0] if len(variants) == 1 else torch.median(stacked, dim=0).values
+    return torch.cat([alpha_rgb[:, 1:4], alpha_rgb[:, 0:1]], dim=1)
+
+
+def flatten_on_grey(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """RGB composited over 50% grey: ``0.5 + (rgb - 0.5) * alpha`` (``alpha [B, 1, H, W]``)."""
+    return GREY + (rgb - GREY) * alpha
+
+
+def _area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="area")
+
+
+def pad_rgb(rgb: torch.Tensor, alpha: torch.Tensor, factor: float = PYRAMID_FACTOR, eps: float = 1e-6) -> torch.Tensor:
+    """Fill invisible pixels with a smooth continuation of the visible colour.
+
+    An area-downsampled pyramid (each level ``factor`` smaller) of premultiplied colour and alpha,
+    seeded at the top with the alpha-weighted mean colour, composited coarse to fine: at every level
+    ``fill = premultiplied + fill * (1 - alpha)``. Pixels with alpha 1 keep their colour exactly.
+    ``rgb [B, 3, H, W]``, ``alpha [B, 1, H, W]`` -> ``[B, 3, H, W]``.
+    """
+    h, w = rgb.shape[-2:]
+    premultiplied = rgb * alpha
+    weight = alpha.sum(dim=(-2, -1), keepdim=True)
+    fill = premultiplied.sum(dim=(-2, -1), keepdim=True) / weight.clamp_min(eps)
+    fill = torch.where(weight > eps, fill, torch.full_like(fill, GREY))
+    levels = max(0, math.ceil(math.log(max(h, w)) / math.log(factor)))
+    sizes = sorted({(max(1, round(h / factor**i)), max(1, round(w / factor**i))) for i in range(levels + 1)})
+    for size in sizes:
+        fill = F.interpolate(fill, size=size, mode="bilinear", align_corners=False) if fill.shape[-2:] != size else fill
+        a, p = _area_resize(alpha, size), _area_resize(premultiplied, size)
+        fill = p + fill * (1.0 - a)
+    return fill
