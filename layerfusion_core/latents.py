@@ -14,6 +14,9 @@ from .streams import STREAMS_PER_SET, Stream, set_count
 
 LATENT_CHANNELS_SDXL: int = 4
 LATENT_SCALE: int = 8  # pixels per latent cell in SDXL's VAE
+# Marks a LATENT as a LayerFusion batch (value: the number of layered sets). ComfyUI's samplers
+# copy a latent's keys to their output, so the mark travels with the batch; Split removes it.
+LAYERED_KEY = "layerfusion_sets"
 
 
 def empty_layered_latent(sets: int, width: int, height: int, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -25,7 +28,21 @@ def empty_layered_latent(sets: int, width: int, height: int, device: torch.devic
     samples = torch.zeros(
         [STREAMS_PER_SET * sets, LATENT_CHANNELS_SDXL, height // LATENT_SCALE, width // LATENT_SCALE], device=device
     )
-    return {"samples": samples}
+    return {"samples": samples, LAYERED_KEY: sets}
+
+
+def is_layered(latent: dict[str, Any]) -> bool:
+    """True for a LATENT made by LayerFusion Empty Latent that still has 3 rows per set."""
+    sets = latent.get(LAYERED_KEY)
+    return isinstance(sets, int) and latent["samples"].shape[0] == STREAMS_PER_SET * sets
+
+
+def stream_selection(latent: dict[str, Any], stream: Stream | None) -> torch.Tensor | None:
+    """Row indices ``[N]`` of ``stream`` in a LayerFusion LATENT; None (every row) for a plain
+    latent or ``stream`` None."""
+    if stream is None or not is_layered(latent):
+        return None
+    return torch.arange(int(stream), latent["samples"].shape[0], STREAMS_PER_SET)
 
 
 def _rows(value: Any, stream: Stream, batch_size: int) -> Any:
@@ -47,7 +64,7 @@ def split_layered_latent(latent: dict[str, Any]) -> dict[Stream, dict[str, Any]]
     set_count(batch_size)
     out: dict[Stream, dict[str, Any]] = {}
     for stream in Stream:
-        part = {key: _rows(value, stream, batch_size) for key, value in latent.items()}
+        part = {key: _rows(value, stream, batch_size) for key, value in latent.items() if key != LAYERED_KEY}
         part["samples"] = samples[int(stream) :: STREAMS_PER_SET].clone()
         out[stream] = part
     return out

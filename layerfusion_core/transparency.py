@@ -44,7 +44,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 def decode_rgba(
     decoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     pixels: torch.Tensor,
-    latent: torch.Tensor,
+    latent: torch.Tensor | None,
     *,
     size_multiple: int,
     latent_scale: int = 8,
@@ -53,7 +53,8 @@ def decode_rgba(
     on_progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """RGBA ``[B, 4, H, W]`` (R, G, B, straight alpha, in [0, 1]) from the SDXL VAE's RGB
-    ``pixels [B, 3, H, W]`` and the raw ``latent [B, 4, H/8, W/8]``.
+    ``pixels [B, 3, H, W]`` and the raw ``latent [B, 4, H/8, W/8]`` (None: decode from pixels
+    alone, with an all-zero latent; any H and W then).
 
     ``decoder(pixels, latent) -> [n, 4, h, w]`` ([alpha, R, G, B]) runs on each augmented variant
     (padded to ``size_multiple``); each output is clipped to [0, 1], undone, and the per-pixel
@@ -61,10 +62,14 @@ def decode_rgba(
     even count). Variants run ``sub_batch`` at a time; ``on_progress(n)`` reports each finished one.
     """
     b, _, h, w = pixels.shape
-    if latent.shape[-2:] != (h // latent_scale, w // latent_scale) or h % latent_scale or w % latent_scale:
-        raise ValueError(f"latent {tuple(latent.shape)} does not fit pixels {tuple(pixels.shape)} at scale {latent_scale}")
     padded = pad_to_multiple(pixels, size_multiple)
-    padded_latent = pad_to_multiple(latent, size_multiple // latent_scale)
+    if latent is None:
+        latent_size = (padded.shape[-2] // latent_scale, padded.shape[-1] // latent_scale)
+        padded_latent = pixels.new_zeros((b, 4, *latent_size))
+    elif not latent_fits(latent, pixels, latent_scale):
+        raise ValueError(f"latent {tuple(latent.shape)} does not fit pixels {tuple(pixels.shape)} at scale {latent_scale}")
+    else:
+        padded_latent = pad_to_multiple(latent, size_multiple // latent_scale)
     variants = list(augmentations)
     # Work items grouped by output orientation, so each sub-batch has one shape.
     items = sorted(((i, v) for i in range(b) for v in range(len(variants))), key=lambda item: variants[item[1]][1] % 2)
@@ -84,6 +89,29 @@ def decode_rgba(
     stacked = torch.stack([torch.cat(r, dim=0) for r in results], dim=1)  # [V, B, 4, H, W]
     alpha_rgb = stacked[0] if len(variants) == 1 else torch.median(stacked, dim=0).values
     return torch.cat([alpha_rgb[:, 1:4], alpha_rgb[:, 0:1]], dim=1)
+
+
+def latent_fits(latent: torch.Tensor, pixels: torch.Tensor, latent_scale: int = 8) -> bool:
+    """True when ``latent [B, 4, h, w]`` is the latent of ``pixels [B, C, h * scale, w * scale]``."""
+    h, w = pixels.shape[-2:]
+    return latent.shape[0] == pixels.shape[0] and tuple(latent.shape[-2:]) == (h / latent_scale, w / latent_scale)
+
+
+def rgba_planes(image_bhwc: torch.Tensor, transparent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An IMAGE ``[B, H, W, 3 or 4]`` (and optionally a MASK ``[B or 1, h, w]`` in ComfyUI's
+    polarity, 1 = transparent, resized to the image) -> RGB ``[B, 3, H, W]`` and alpha
+    ``[B, 1, H, W]``; alpha is None when neither gives one."""
+    rgb = image_bhwc[..., :3].movedim(-1, 1).float()
+    if transparent_mask is not None:
+        mask = transparent_mask.reshape(-1, 1, *transparent_mask.shape[-2:]).float()
+        if tuple(mask.shape[-2:]) != tuple(rgb.shape[-2:]):
+            mask = F.interpolate(mask, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+        if mask.shape[0] not in (1, rgb.shape[0]):
+            raise ValueError(f"{mask.shape[0]} masks for {rgb.shape[0]} images; give one mask, or one per image")
+        return rgb, (1.0 - mask).expand(rgb.shape[0], -1, -1, -1)
+    if image_bhwc.shape[-1] == 4:
+        return rgb, image_bhwc[..., 3:4].movedim(-1, 1).float()
+    return rgb, None
 
 
 def flatten_on_grey(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,14 @@ from comfy_api.latest import ComfyExtension, io
 
 from .latent import LayerFusionEmptyLatent, LayerFusionSplit
 from .lora import LayerFusionLoraApply
+from .transparent import LayerFusionTransparentDecode, LayerFusionTransparentEncode
 
 NODES: list[type[io.ComfyNode]] = [
     LayerFusionEmptyLatent,
     LayerFusionSplit,
     LayerFusionLoraApply,
+    LayerFusionTransparentDecode,
+    LayerFusionTransparentEncode,
 ]
 
 

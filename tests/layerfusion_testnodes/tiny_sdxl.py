@@ -115,12 +115,16 @@ VAE_DDCONFIG: dict[str, Any] = {
 }
 
 
-def build_vae(seed: int = 0):
-    """ComfyUI's AutoencoderKL (8x down, 4 latent channels, like SDXL's VAE) at width 32."""
+SDXL_VAE_DDCONFIG: dict[str, Any] = {**VAE_DDCONFIG, "ch": 128, "num_res_blocks": 2}  # the real SDXL VAE's layout
+
+
+def build_vae(seed: int = 0, full_width: bool = False):
+    """ComfyUI's AutoencoderKL (8x down, 4 latent channels, like SDXL's VAE) at width 32, or at
+    SDXL's own width and depth (83M parameters) with ``full_width``."""
     import comfy.sd
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    params = {"ddconfig": dict(VAE_DDCONFIG), "embed_dim": 4}
+    params = {"ddconfig": dict(SDXL_VAE_DDCONFIG if full_width else VAE_DDCONFIG), "embed_dim": 4}
     state_dict = seeded_init_(AutoencoderKL(**params), seed + 2).state_dict()
     return comfy.sd.VAE(sd=state_dict, config={"params": params}, dtype=torch.float32)
 
