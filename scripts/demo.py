@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support.comfy_server import ComfyServer, ServerError  # noqa: E402
 from support.paths import REPO, comfyui_dir  # noqa: E402
-from support.workflows import load_api, on_tiny_model, output_paths, with_checkpoint  # noqa: E402
+from support.workflows import layer_model_files, load_api, on_tiny_model, output_paths, with_checkpoint  # noqa: E402
 
 WORKFLOW = "layerfusion"
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft")
@@ -39,6 +39,16 @@ def find_checkpoint(models_dirs: list[Path], wanted: str | None) -> str | None:
         if found:
             return found[0]
     return None
+
+
+def write_tiny_standins(folder: Path) -> None:
+    """Random LayerDiffuse-format files that fit the tiny model (the real ones fit only real SDXL)."""
+    from support.host import import_comfy
+
+    import_comfy()
+    from layerfusion_testnodes import standins, tiny_sdxl
+
+    standins.write_standins(folder, standins.unet_shapes(tiny_sdxl.build_unet("depth1", 0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: no SDXL checkpoint found ({searched}); running the same graph on the tiny random-weight model (its images are noise)")
         graph = on_tiny_model(graph)
 
+    needed = layer_model_files(graph)
+    if checkpoint:
+        missing = [name for name in needed if not any((m / "layer_model" / name).is_file() for m in models_dirs)]
+        if missing:
+            print(f"demo: missing LayerDiffuse files in <models>/layer_model/: {', '.join(missing)}; download them from "
+                  "https://huggingface.co/LayerDiffusion/layerdiffusion-v1 (or run with --tiny)", file=sys.stderr)
+            return 1
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    server = ComfyServer(test_nodes=not checkpoint, models_dirs=models_dirs, output_dir=args.output)
     try:
-        with ComfyServer(test_nodes=not checkpoint, models_dirs=models_dirs, output_dir=args.output) as server:
+        if not checkpoint:
+            write_tiny_standins(server.models_dir / "layer_model")
+        with server:
             outputs = server.run(graph, timeout=3600)
     except ServerError as err:
         print(f"demo: failed: {err}", file=sys.stderr)

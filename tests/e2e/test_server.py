@@ -44,8 +44,9 @@ def test_demo_graph_runs_on_the_tiny_model(server):
     for path in output_paths(outputs, server.output_dir):
         with Image.open(path) as img:
             assert img.size == (128, 128)
+            assert img.mode == ("RGBA" if path.name.startswith("fg") else "RGB"), path.name
             pixels.append(img.convert("RGB").tobytes())
-    assert len(set(pixels)) == 3, "fg, bg and blend come from different noise and must differ"
+    assert len(set(pixels)) == 3, "fg, bg and blend come from different seeds and prompts and must differ"
     assert Image.open(io.BytesIO(server.view(images[0]))).size == (128, 128)
 
 
@@ -87,4 +88,6 @@ def test_demo_script_writes_pngs(tmp_path):
     assert "tiny random-weight model" in done.stdout
     pngs = sorted(out.rglob("*.png"))
     assert len(pngs) == 3
+    with Image.open(next(p for p in pngs if p.name.startswith("fg"))) as fg:
+        assert fg.mode == "RGBA"
     assert all(str(p) in done.stdout for p in pngs)

@@ -49,6 +49,17 @@ def with_checkpoint(graph: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     return graph
 
 
+def layer_model_files(graph: dict[str, Any]) -> list[str]:
+    """The LayerDiffuse files (models/layer_model) a graph names."""
+    names = []
+    for node in graph.values():
+        for key in ("lora_name", "decoder_name", "encoder_name"):
+            value = node["inputs"].get(key)
+            if isinstance(value, str) and value.startswith(("layer_", "vae_transparent")) and value not in names:
+                names.append(value)
+    return names
+
+
 def saved_images(outputs: dict[str, Any]) -> list[dict[str, str]]:
     """Every image file a finished prompt's outputs list (``filename``, ``subfolder``, ``type``)."""
     return [image for node_out in outputs.values() for image in node_out.get("images", [])]
