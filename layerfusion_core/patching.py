@@ -10,15 +10,25 @@ branch LoRA is an *object patch* of each target Linear: `BranchLoRALinear` compu
 weights stay shared by all streams. Chained LoRAs stack (each wraps what was there).
 
 Which rows belong to which branch is decided once per UNet call by a DIFFUSION_MODEL wrapper
-(`_publish_rows`), from the batch size, ``cond_or_uncond`` and whether the model runs the
+(`_on_unet_call`), from the batch size, ``cond_or_uncond`` and whether the model runs the
 LayerFusion layout (``transformer_options[LAYOUT_OPTION]``, set by `enable_layered_batch`). The
 wrapper publishes it through a context variable for the duration of that call only: the patch
 modules read it there, so nothing survives the call and no state lives on nodes or in globals.
+
+LayerFusion
+-----------
+`apply_layerfusion` adds, on a clone: an attn2 replace patch on every transformer block (the
+content-confidence prior, read from q and k before attention runs as it would have), an attn1
+replace patch on the structure block (the structure prior, once per generation), attn1/attn2
+output patches (the blends, after ``to_out``), and a SAMPLER_SAMPLE wrapper that holds one
+generation's `FusionRun` (in a context variable, for that run only) and runs the prior pass. A
+replace patch another pack had put on a block is called, not dropped.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import enum
 import logging
 
@@ -28,6 +38,8 @@ import torch.nn.functional as F
 import comfy.model_patcher
 import comfy.patcher_extension
 
+from . import priors
+from .fusion import BlockKey, FusionRun, FusionSettings, MaskRecorder, Phase
 from .lora_files import LoadedLoRA
 from .streams import STREAMS_PER_SET, Stream
 
@@ -53,57 +65,128 @@ class BatchLayoutError(ValueError):
 
 
 class RowSelector:
-    """The rows of one UNet call that each branch owns.
+    """The rows of one UNet call that each stream and branch owns.
 
     ``rows`` is the batch size of the call and ``chunks`` the number of cond/uncond chunks in it
-    (row ``c * (rows // chunks) + r`` is row ``r`` of chunk ``c``). In the LayerFusion layout row
-    ``r`` of a chunk belongs to stream ``r % 3``; in a plain batch `fg` and `all` own every row.
+    (row ``c * per_chunk + r`` is row ``r`` of chunk ``c``). ``streams`` lists the streams of a
+    chunk's rows in their repeating order: ``(FG, BG, BLEND)`` for a LayerFusion batch, ``(FG,)``
+    for the FG-only prior pass, None for a plain batch (where `fg` and `all` own every row).
     """
 
-    def __init__(self, rows: int, chunks: int, layered: bool, device: torch.device) -> None:
-        self.rows, self.chunks, self.layered, self.device = rows, max(chunks, 1), layered, device
-        self._cache: dict[Branch, torch.Tensor | None] = {}
-        if layered and (rows % self.chunks or (rows // self.chunks) % STREAMS_PER_SET):
+    def __init__(self, rows: int, chunks: int, streams: tuple[Stream, ...] | None, device: torch.device) -> None:
+        self.rows, self.chunks, self.streams, self.device = rows, max(chunks, 1), streams, device
+        self.per_chunk = rows // self.chunks
+        self._cache: dict[object, torch.Tensor | None] = {}
+        if streams is not None and (rows % self.chunks or self.per_chunk % len(streams)):
             raise BatchLayoutError(
-                f"LayerFusion: the model runs the three-stream layout, but this batch has {rows} rows in "
-                f"{self.chunks} cond chunk(s), not {STREAMS_PER_SET} rows (fg, bg, blend) per layered set. "
+                f"LayerFusion: the model runs the three-stream layout, but this latent batch has {rows // self.chunks} rows "
+                f"(seen as {rows} rows in {self.chunks} cond/uncond chunks), not {STREAMS_PER_SET} rows (fg, bg, blend) per layered set. "
                 "Start the latent with LayerFusion Empty Latent and do not change its batch size."
             )
 
+    @property
+    def sets(self) -> int:
+        return self.per_chunk // len(self.streams) if self.streams else self.per_chunk
+
     def rows_for(self, branch: Branch) -> torch.Tensor | None:
-        """Row indices ``[K]`` of ``branch``, or None for every row."""
+        """Row indices ``[K]`` of ``branch`` (possibly none), or None for every row."""
         if branch not in self._cache:
-            self._cache[branch] = self._compute(branch)
+            self._cache[branch] = self._branch_rows(branch)
         return self._cache[branch]
 
-    def _compute(self, branch: Branch) -> torch.Tensor | None:
-        if branch is Branch.ALL or (not self.layered and branch is Branch.FG):
+    def _branch_rows(self, branch: Branch) -> torch.Tensor | None:
+        if branch is Branch.ALL or (self.streams is None and branch is Branch.FG):
             return None
-        if not self.layered:
+        if self.streams is None:
             raise BatchLayoutError(
                 f"LayerFusion LoRA Apply: branch '{branch.value}' needs a LayerFusion batch (LayerFusion Apply on "
                 "this model, fed by LayerFusion Empty Latent); this model runs a plain batch. Use branch 'fg' or 'all'."
             )
         index = torch.arange(self.rows, device=self.device)
-        return index[(index % (self.rows // self.chunks)) % STREAMS_PER_SET == int(branch.stream)]
+        if branch.stream not in self.streams:
+            return index[:0]
+        period = len(self.streams)
+        return index[(index % self.per_chunk) % period == self.streams.index(branch.stream)]
+
+    def stream_rows(self, stream: Stream, chunk: int) -> torch.Tensor:
+        """Rows ``[sets]`` of ``stream`` in chunk ``chunk`` (a layered batch only)."""
+        key = (stream, chunk)
+        if key not in self._cache:
+            period = len(self.streams)
+            start = chunk * self.per_chunk + self.streams.index(stream)
+            self._cache[key] = torch.arange(start, (chunk + 1) * self.per_chunk, period, device=self.device)
+        return self._cache[key]
 
 
-_CURRENT_ROWS: contextvars.ContextVar[RowSelector | None] = contextvars.ContextVar("layerfusion_rows", default=None)
+FULL_STREAMS: tuple[Stream, ...] = tuple(Stream)
 
 
-def _publish_rows(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-    """DIFFUSION_MODEL wrapper: publish this call's row layout to the branch patches."""
-    selector = RowSelector(
-        rows=x.shape[0],
-        chunks=len(transformer_options.get("cond_or_uncond", [0])),
-        layered=bool(transformer_options.get(LAYOUT_OPTION)),
-        device=x.device,
-    )
-    token = _CURRENT_ROWS.set(selector)
+@dataclasses.dataclass
+class CallContext:
+    """What the patches of one UNet call need: its rows and, in a LayerFusion run, what to do."""
+
+    selector: RowSelector
+    cond_or_uncond: list[int]
+    run: FusionRun | None = None
+    extract: bool = False
+    blend: bool = False
+    content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cond_chunk(self) -> int | None:
+        return self.cond_or_uncond.index(0) if 0 in self.cond_or_uncond else None
+
+
+_CURRENT_CALL: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("layerfusion_call", default=None)
+_CURRENT_RUN: contextvars.ContextVar[FusionRun | None] = contextvars.ContextVar("layerfusion_run", default=None)
+
+
+class _PriorReady(Exception):
+    """Ends the prior pass as soon as the structure prior exists."""
+
+
+def _take_rows(value, rows: torch.Tensor, batch: int):
+    """``value`` with only ``rows`` of every tensor whose first axis is the batch (nested lists/dicts too)."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.ndim and value.shape[0] == batch else value
+    if isinstance(value, dict):
+        return {k: _take_rows(v, rows, batch) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_take_rows(v, rows, batch) for v in value)
+    return value
+
+
+def _on_unet_call(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    """DIFFUSION_MODEL wrapper: publish the call's rows (for branch LoRAs) and, in a LayerFusion run,
+    decide extraction and blending; in the prior pass, run the FG rows alone."""
+    cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0]))
+    chunks = len(cond_or_uncond)
+    run = _CURRENT_RUN.get()
+    layered = bool(transformer_options.get(LAYOUT_OPTION))
+    sigma = float(transformer_options["sigmas"].max()) if "sigmas" in transformer_options else float("inf")
+    if run is not None and run.phase is Phase.PRIOR_PASS:
+        rows = RowSelector(x.shape[0], chunks, FULL_STREAMS, x.device).rows_for(Branch.FG)
+        batch = x.shape[0]
+        extract, _ = run.begin_call(sigma)
+        call = CallContext(RowSelector(rows.numel(), chunks, (Stream.FG,), x.device), cond_or_uncond, run, extract)
+        token = _CURRENT_CALL.set(call)
+        try:
+            fg_out = executor(*_take_rows((x, timesteps, context, y, control), rows, batch), transformer_options,
+                              **_take_rows(kwargs, rows, batch))
+        finally:
+            _CURRENT_CALL.reset(token)
+        if run.prior is not None:
+            raise _PriorReady
+        out = torch.zeros_like(x)
+        out[rows] = fg_out
+        return out
+    selector = RowSelector(x.shape[0], chunks, FULL_STREAMS if layered or run is not None else None, x.device)
+    extract, blend = run.begin_call(sigma) if run is not None else (False, False)
+    token = _CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend))
     try:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     finally:
-        _CURRENT_ROWS.reset(token)
+        _CURRENT_CALL.reset(token)
 
 
 # Attributes ComfyUI's model management reads and writes on a patched layer: the proxy hands them
@@ -176,9 +259,9 @@ class BranchLoRALinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._sync_shared()
         out = self._inner(x)
-        selector = _CURRENT_ROWS.get()
-        if selector is None:  # called outside a wrapped UNet call: a plain batch
-            selector = RowSelector(x.shape[0], 1, layered=False, device=x.device)
+        call = _CURRENT_CALL.get()
+        # called outside a wrapped UNet call: a plain batch
+        selector = call.selector if call is not None else RowSelector(x.shape[0], 1, None, device=x.device)
         rows = selector.rows_for(self.branch)
         if rows is None:
             return out + self.delta(x)
@@ -191,7 +274,7 @@ class BranchLoRALinear(torch.nn.Module):
 def _ensure_rows_wrapper(model: comfy.model_patcher.ModelPatcher) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     if not model.get_wrappers(kind, ROWS_WRAPPER_KEY):
-        model.add_wrapper_with_key(kind, ROWS_WRAPPER_KEY, _publish_rows)
+        model.add_wrapper_with_key(kind, ROWS_WRAPPER_KEY, _on_unet_call)
 
 
 def apply_branch_lora(
@@ -238,3 +321,166 @@ def enable_layered_batch(model: comfy.model_patcher.ModelPatcher) -> comfy.model
 def branch_patches(model: comfy.model_patcher.ModelPatcher) -> dict[str, BranchLoRALinear]:
     """The branch LoRA patches a model carries, by module path (outermost of a stack)."""
     return {k: v for k, v in model.object_patches.items() if isinstance(v, BranchLoRALinear)}
+
+
+# ---- LayerFusion: priors, masks and blends in every transformer block -----------------------
+FUSION_OPTION = "layerfusion"  # transformer_options: the LayerFusionPatch of this model
+EOS_KEY = "layerfusion_eos"  # conditioning: the FG prompt's EOS token index (LayerFusion Conditioning)
+FUSION_WRAPPER_KEY = "layerfusion.fusion"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFusionPatch:
+    settings: FusionSettings
+    recorder: MaskRecorder
+
+
+def _block_key(extra_options: dict) -> BlockKey:
+    block = extra_options["block"]
+    return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
+
+
+def _attention(q, k, v, extra_options):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                               transformer_options=extra_options)
+
+
+class _PriorReplace:
+    """attn1/attn2 replace patch: reads the priors from q and k, then computes attention as before
+    (through the replace patch that was there, if any)."""
+
+    def __init__(self, kind: str, previous=None) -> None:
+        self.kind, self.previous = kind, previous
+
+    def __call__(self, q, k, v, extra_options):
+        call = _CURRENT_CALL.get()
+        if call is not None and call.run is not None and call.cond_chunk is not None:
+            fg = call.selector.stream_rows(Stream.FG, call.cond_chunk)
+            heads, key = extra_options["n_heads"], _block_key(extra_options)
+            if self.kind == "attn1" and call.extract and key == call.run.settings.structure_block:
+                grid = tuple(extra_options["activations_shape"][-2:])
+                call.run.set_prior(priors.structure_prior(q[fg], k[fg], heads), grid)
+            elif self.kind == "attn2" and call.run.phase is Phase.JOINT:
+                content = priors.content_confidence(q[fg], k[fg], heads, call.run.eos_index)
+                call.content[key] = call.run.last_content[key] = content
+        if self.previous is not None:
+            return self.previous(q, k, v, extra_options)
+        return _attention(q, k, v, extra_options)
+
+
+class _BlendOutput:
+    """attn1/attn2 output patch: the attention-level blend of the three streams."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __call__(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        call = _CURRENT_CALL.get()
+        if call is None or not call.blend:
+            return n
+        run, key = call.run, _block_key(extra_options)
+        grid = tuple(extra_options["activations_shape"][-2:])
+        structure = priors.resize_map(run.prior, run.prior_grid, grid)
+        content = call.content.get(key) if self.kind == "attn2" else run.last_content.get(key)
+        soft, hard = priors.masks(structure, content, run.settings.d)
+        if self.kind == "attn2":
+            run.recorder.soft[(key, run.step)] = soft.detach().view(-1, *grid).half()
+        run.recorder.blended.add((self.kind, key))
+        out = n.clone()
+        for chunk in range(call.selector.chunks):
+            fg, bg, bl = (call.selector.stream_rows(s, chunk) for s in (Stream.FG, Stream.BG, Stream.BLEND))
+            out[fg], out[bg], out[bl] = priors.blend(n[fg], n[bg], n[bl], soft, hard, run.settings.bg_mode, run.settings.switches)
+        return out
+
+
+def _eos_index(guider) -> int:
+    conds = getattr(guider, "conds", {}) or {}
+    for name in ["positive", *[k for k in conds if k != "positive"]]:
+        for cond in conds.get(name, []) or []:
+            if EOS_KEY in cond:
+                return int(cond[EOS_KEY])
+    raise ValueError(
+        "LayerFusion Apply: the positive conditioning does not come from LayerFusion Conditioning (which records the "
+        "foreground prompt's end token); connect LayerFusion Conditioning's positive to the sampler."
+    )
+
+
+def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
+    """SAMPLER_SAMPLE wrapper: one LayerFusion generation (the prior pass first, when chosen)."""
+    patch: LayerFusionPatch = extra_args["model_options"]["transformer_options"][FUSION_OPTION]
+    settings = patch.settings
+    sampling = guider.inner_model.model_sampling
+    steps = [float(s) for s in sigmas[:-1]]
+    sigma_extract = max(sampling.percent_to_sigma(1.0 - settings.prior_at), min(steps) if steps else 0.0)
+    patch.recorder.clear()
+    run = FusionRun(
+        settings, _eos_index(guider), sigma_extract,
+        sampling.percent_to_sigma(settings.blend_start), sampling.percent_to_sigma(settings.blend_end), patch.recorder,
+    )
+    token = _CURRENT_RUN.set(run)
+    try:
+        if settings.prior_mode.value == "prior_pass":
+            run.phase = Phase.PRIOR_PASS
+            try:
+                executor(guider, sigmas, extra_args, None, noise.clone(), latent_image, denoise_mask, True)
+            except _PriorReady:
+                pass
+            if run.prior is None:
+                raise RuntimeError("LayerFusion: the prior pass ended without reaching the extraction step")
+            run.start_joint_run()
+        return executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+    finally:
+        _CURRENT_RUN.reset(token)
+
+
+def transformer_keys(model: comfy.model_patcher.ModelPatcher) -> list[BlockKey]:
+    """Every transformer block of the UNet as ComfyUI keys its patches, in the order they run."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    unet = model.model.diffusion_model
+    keys: list[BlockKey] = []
+    groups = [("input", list(unet.input_blocks)), ("middle", [unet.middle_block]), ("output", list(unet.output_blocks))]
+    for name, blocks in groups:
+        for block_id, block in enumerate(blocks):
+            for layer in block:
+                if isinstance(layer, SpatialTransformer):
+                    keys += [(name, block_id, i) for i in range(len(layer.transformer_blocks))]
+    return keys
+
+
+def _existing_replace(model: comfy.model_patcher.ModelPatcher, kind: str, key: BlockKey):
+    replaces = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+    return replaces.get(key, replaces.get(key[:2]))
+
+
+def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionSettings) -> comfy.model_patcher.ModelPatcher:
+    """A clone of an SDXL ``model`` that runs LayerFusion on [fg, bg, blend] * N batches."""
+    import comfy.model_base
+
+    if not isinstance(model.model, comfy.model_base.SDXL):
+        raise TypeError(f"expected an SDXL model, got {type(model.model).__name__}")
+    keys = transformer_keys(model)
+    if not keys:
+        raise TypeError("this model has no transformer blocks to blend")
+    structure_block = settings.structure_block if settings.structure_block in keys else keys[-1]
+    settings = dataclasses.replace(settings, structure_block=structure_block)
+    patched = enable_layered_batch(model)
+    for key in keys:
+        patched.set_model_attn2_replace(_PriorReplace("attn2", _existing_replace(patched, "attn2", key)), *key)
+    patched.set_model_attn1_replace(_PriorReplace("attn1", _existing_replace(patched, "attn1", structure_block)), *structure_block)
+    patched.set_model_attn1_output_patch(_BlendOutput("attn1"))
+    patched.set_model_attn2_output_patch(_BlendOutput("attn2"))
+    options = dict(patched.model_options["transformer_options"])
+    options[FUSION_OPTION] = LayerFusionPatch(settings, MaskRecorder())
+    patched.model_options["transformer_options"] = options
+    kind = comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE
+    patched.remove_wrappers_with_key(kind, FUSION_WRAPPER_KEY)
+    patched.add_wrapper_with_key(kind, FUSION_WRAPPER_KEY, _fusion_sample)
+    log.info("LayerFusion on %d transformer blocks; structure prior from %s; %s", len(keys), structure_block, settings)
+    return patched
+
+
+def fusion_patch(model: comfy.model_patcher.ModelPatcher) -> LayerFusionPatch | None:
+    return model.model_options.get("transformer_options", {}).get(FUSION_OPTION)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from .latent import LayerFusionEmptyLatent, LayerFusionSplit
 from .lora import LayerFusionLoraApply
 from .transparent import LayerFusionTransparentDecode, LayerFusionTransparentEncode
 
 NODES: list[type[io.ComfyNode]] = [
+    LayerFusionConditioning,
     LayerFusionEmptyLatent,
     LayerFusionSplit,
+    LayerFusionApply,
+    LayerFusionMasks,
     LayerFusionLoraApply,
     LayerFusionTransparentDecode,
     LayerFusionTransparentEncode,

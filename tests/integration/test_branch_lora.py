@@ -81,7 +81,7 @@ def test_plain_batch_fg_patches_every_row_and_bg_is_refused(unet, attn):
 
 
 def test_layered_model_refuses_a_batch_that_is_not_three_streams(layered, attn):
-    with pytest.raises(patching.BatchLayoutError, match="4 rows in 2 cond chunk"):
+    with pytest.raises(patching.BatchLayoutError, match="this latent batch has 2 rows"):
         sample(patching.apply_branch_lora(layered, attn, Branch.FG, 1.0), 2)
 
 

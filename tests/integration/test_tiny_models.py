@@ -7,11 +7,8 @@ import re
 import torch
 
 from layerfusion_testnodes import standins, tiny_sdxl
+from support.sdxl import SDXL_BLOCK_DEPTHS
 
-SDXL_BLOCK_DEPTHS = {  # ComfyUI's transformer keys of SDXL: (block, id) -> depth
-    ("input", 4): 2, ("input", 5): 2, ("input", 7): 10, ("input", 8): 10, ("middle", 0): 10,
-    ("output", 0): 10, ("output", 1): 10, ("output", 2): 10, ("output", 3): 2, ("output", 4): 2, ("output", 5): 2,
-}
 SDXL_KEYS = {(block, index) for block, depth in SDXL_BLOCK_DEPTHS.items() for index in range(depth)}
 _KEY = re.compile(r"^(input_blocks|middle_block|output_blocks)\.?(\d*)\.?1\.transformer_blocks\.(\d+)\.")
 

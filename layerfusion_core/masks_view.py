@@ -1,0 +1,45 @@
+"""Turning a run's recorded LayerFusion maps into pictures (for `LayerFusion Masks`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .fusion import BlockKey, MaskRecorder
+
+DEFAULT_BLOCK = "output 5 1"
+BLOCK_NAMES = ("input", "middle", "output")
+
+
+def parse_block(text: str) -> BlockKey:
+    """'output 5 1' (or 'output,5,1') -> ("output", 5, 1)."""
+    parts = text.replace(",", " ").split()
+    if len(parts) != 3 or parts[0] not in BLOCK_NAMES or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ValueError(f"{text!r} is not a block like 'output 5 1' (input|middle|output, block id, transformer index)")
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def _upscale(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(maps.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1).clamp(0, 1)
+
+
+def maps(recorder: MaskRecorder, block: BlockKey, step: int, d: float, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Structure prior, soft and hard mask ``[N, H, W]`` of ``block`` at joint-run ``step`` (-1: the
+    extraction step; otherwise the nearest recorded step at or after it)."""
+    if recorder.structure is None:
+        raise ValueError("nothing recorded yet: no LayerFusion run has finished with this model")
+    steps = sorted(s for (key, s) in recorder.soft if key == block)
+    if not steps:
+        recorded = sorted({key for key, _ in recorder.soft})
+        raise ValueError(f"no masks recorded for block {block}; recorded blocks: {recorded[:6]}{'...' if len(recorded) > 6 else ''}")
+    wanted = recorder.extraction_step if step < 0 else step
+    chosen = next((s for s in steps if s >= (wanted or 0)), steps[-1])
+    soft = recorder.soft[(block, chosen)].float()
+    hard = torch.sigmoid(d * (soft - 0.5))
+    return _upscale(recorder.structure, size), _upscale(soft, size), _upscale(hard, size)
+
+
+def side_by_side(*maps_: torch.Tensor) -> torch.Tensor:
+    """``[N, H, W]`` maps -> one grey IMAGE per set with the maps next to each other: ``[N, H, k*W, 3]``."""
+    row = torch.cat(maps_, dim=-1)
+    return row.unsqueeze(-1).expand(*row.shape, 3).contiguous()

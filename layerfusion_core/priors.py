@@ -1,0 +1,107 @@
+"""LayerFusion's priors, masks and attention-level blends as plain functions (method.md).
+
+Shapes: ``q``/``k`` are attention projections ``[S, M, heads * dim]`` (S images, M query tokens);
+maps are ``[S, M]``; attention outputs ``[S, M, D]``. No function here builds a
+``heads x M x M`` tensor: self-attention rows are taken in chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+PRIOR_CHUNK_ELEMENTS = 1 << 24  # at most this many attention probabilities exist at once
+
+
+class BgMode(str, enum.Enum):
+    BG_FROM_BL = "bg_from_bl"  # the background follows the composite outside the object
+    BL_FROM_BG = "bl_from_bg"  # the composite takes the background outside the object
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendSwitches:
+    """Which of the three exchanges run (for ablations); all on by default."""
+
+    blend: bool = True  # a'_BL = a_FG * soft + a_BL * (1 - soft)
+    fg: bool = True  # a'_FG = a'_BL * hard + a_FG * (1 - hard)
+    bg: bool = True  # the background exchange (see BgMode)
+
+    @property
+    def any(self) -> bool:
+        return self.blend or self.fg or self.bg
+
+
+def minmax_norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Min-max over the last axis (the tokens of one image): ``(x - min) / (max - min + eps)``."""
+    lo = x.amin(dim=-1, keepdim=True)
+    hi = x.amax(dim=-1, keepdim=True)
+    return (x - lo) / (hi - lo + eps)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    s, m, hd = x.shape
+    return x.view(s, m, heads, hd // heads).transpose(1, 2)  # [S, heads, M, dim]
+
+
+def structure_prior(q: torch.Tensor, k: torch.Tensor, heads: int, max_elements: int = PRIOR_CHUNK_ELEMENTS) -> torch.Tensor:
+    """``s' = 1 - norm(1 / sum_j m_ij^2)`` with ``m`` the head-averaged self-attention probabilities.
+
+    Rows of ``m`` are computed a chunk at a time (``heads x rows x M`` at most ``max_elements``),
+    in float32. Returns ``[S, M]`` in [0, 1]."""
+    qh, kh = _heads(q.float(), heads), _heads(k.float(), heads)
+    scale = qh.shape[-1] ** -0.5
+    m_tokens = qh.shape[2]
+    rows = max(1, max_elements // max(1, heads * kh.shape[2]))
+    sums = []
+    for start in range(0, m_tokens, rows):
+        probs = torch.softmax(qh[:, :, start : start + rows] @ kh.transpose(-1, -2) * scale, dim=-1)  # [S, h, r, M]
+        sums.append(probs.mean(dim=1).square().sum(dim=-1))  # [S, r]
+    s = 1.0 / torch.cat(sums, dim=1).clamp_min(EPS)
+    return 1.0 - minmax_norm(s)
+
+
+def content_confidence(q: torch.Tensor, k: torch.Tensor, heads: int, eos_index: int) -> torch.Tensor:
+    """The head-averaged cross-attention probability of text token ``eos_index``: ``[S, M]`` in [0, 1].
+
+    ``q [S, M, heads*dim]``, ``k [S, T, heads*dim]`` (T text tokens)."""
+    qh, kh = _heads(q.float(), heads), _heads(k.float(), heads)
+    probs = torch.softmax(qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5, dim=-1)  # [S, h, M, T]
+    return probs[..., eos_index].mean(dim=1)
+
+
+def resize_map(values: torch.Tensor, grid: tuple[int, int], to_grid: tuple[int, int]) -> torch.Tensor:
+    """A ``[S, h*w]`` map on ``grid`` (h, w) resampled to ``to_grid``: area when shrinking, bilinear otherwise."""
+    if tuple(grid) == tuple(to_grid):
+        return values
+    image = values.view(values.shape[0], 1, *grid)
+    shrink = to_grid[0] <= grid[0] and to_grid[1] <= grid[1]
+    out = F.interpolate(image, size=to_grid, mode="area") if shrink else F.interpolate(image, size=to_grid, mode="bilinear", align_corners=False)
+    return out.flatten(1)
+
+
+def masks(structure: torch.Tensor, content: torch.Tensor | None, d: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``soft = norm(s' * c)`` and ``hard = sigmoid(d * (soft - 0.5))``, each ``[S, M]`` in [0, 1].
+    With no content map yet (``None``), ``c = 1``."""
+    soft = minmax_norm(structure if content is None else structure * content)
+    return soft, torch.sigmoid(d * (soft - 0.5))
+
+
+def blend(
+    a_fg: torch.Tensor, a_bg: torch.Tensor, a_bl: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor,
+    mode: BgMode = BgMode.BG_FROM_BL, switches: BlendSwitches = BlendSwitches(),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention-level blend of one block: ``a_* [S, M, D]``, masks ``[S, M]`` -> new (fg, bg, bl)."""
+    soft, hard = soft.unsqueeze(-1).to(a_fg.dtype), hard.unsqueeze(-1).to(a_fg.dtype)
+    bl = a_fg * soft + a_bl * (1 - soft) if switches.blend else a_bl
+    fg = bl * hard + a_fg * (1 - hard) if switches.fg else a_fg
+    bg = a_bg
+    if switches.bg and mode is BgMode.BG_FROM_BL:
+        bg = a_bg * soft + bl * (1 - soft)
+    elif switches.bg and mode is BgMode.BL_FROM_BG:
+        bl = bl * soft + a_bg * (1 - soft)
+    return fg, bg, bl

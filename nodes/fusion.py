@@ -1,0 +1,155 @@
+"""LayerFusion's conditioning, apply and masks nodes."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..layerfusion_core import conditioning as cond_core
+from ..layerfusion_core import fusion, masks_view
+from ..layerfusion_core.patching import EOS_KEY, apply_layerfusion, fusion_patch
+from ..layerfusion_core.priors import BgMode, BlendSwitches
+from .common import CATEGORY, node_error
+
+CONDITIONING = "LayerFusion Conditioning"
+APPLY = "LayerFusion Apply"
+MASKS = "LayerFusion Masks"
+
+
+def _encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return cond, pooled, tokens
+
+
+class LayerFusionConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionConditioning",
+            display_name=CONDITIONING,
+            category=CATEGORY,
+            description="Encode the foreground, background and blend prompts into one conditioning for the three-stream "
+                        "batch (fg, bg, blend). Each stream keeps its own prompt and its own guidance.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The SDXL checkpoint's CLIP."),
+                io.String.Input("fg", multiline=True, default="", tooltip="The transparent foreground (the object alone)."),
+                io.String.Input("bg", multiline=True, default="", tooltip="The background without the object."),
+                io.String.Input("blend", multiline=True, default="",
+                                tooltip="The composite. Empty: '<fg>, <bg>'."),
+                io.String.Input("negative", multiline=True, default="", tooltip="The negative prompt shared by the streams."),
+                io.String.Input("fg_negative", multiline=True, default="", optional=True,
+                                tooltip="Optional: the foreground's own negative prompt (replaces the shared one)."),
+                io.String.Input("bg_negative", multiline=True, default="", optional=True,
+                                tooltip="Optional: the background's own negative prompt."),
+                io.String.Input("blend_negative", multiline=True, default="", optional=True,
+                                tooltip="Optional: the blend's own negative prompt."),
+            ],
+            outputs=[io.Conditioning.Output("positive", display_name="positive"),
+                     io.Conditioning.Output("negative", display_name="negative")],
+        )
+
+    @classmethod
+    def execute(cls, clip, fg: str, bg: str, blend: str, negative: str, fg_negative: str = "", bg_negative: str = "",
+                blend_negative: str = "") -> io.NodeOutput:
+        if clip is None:
+            raise node_error(CONDITIONING, "clip", "is empty", "Connect the checkpoint's CLIP.")
+        prompts = (fg, bg, cond_core.blend_prompt(fg, bg, blend))
+        encoded = [_encode(clip, text) for text in prompts]
+        negatives = [_encode(clip, own if own.strip() else negative) for own in (fg_negative, bg_negative, blend_negative)]
+        pos, pos_pooled = cond_core.stack_streams([(c, p) for c, p, _ in encoded])
+        neg, neg_pooled = cond_core.stack_streams([(c, p) for c, p, _ in negatives])
+        eos = cond_core.eos_index(encoded[0][2])
+        return io.NodeOutput([[pos, {"pooled_output": pos_pooled, EOS_KEY: eos}]],
+                             [[neg, {"pooled_output": neg_pooled}]])
+
+
+class LayerFusionApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionApply",
+            display_name=APPLY,
+            category=CATEGORY,
+            description=(
+                "LayerFusion: blend the foreground, background and blend streams of a LayerFusion batch at attention level in "
+                "every transformer block, guided by masks read from the foreground's own attention. Feed the sampler "
+                "LayerFusion Empty Latent and LayerFusion Conditioning; put the LayerDiffuse LoRA on the fg branch with "
+                "LayerFusion LoRA Apply."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SDXL model (it is not changed; a patched copy is returned)."),
+                io.Float.Input("d", default=10.0, min=0.0, max=100.0, step=0.5,
+                               tooltip="Hardness of the hard mask: sigmoid(d * (soft - 0.5)). Higher: crisper."),
+                io.Float.Input("prior_at", default=0.8, min=0.0, max=1.0, step=0.01,
+                               tooltip="Where the structure prior is taken: the first step with timestep <= prior_at * T (0.8: early)."),
+                io.Combo.Input("prior_mode", options=[m.value for m in fusion.PriorMode], default=fusion.PriorMode.PRIOR_PASS.value,
+                               tooltip="prior_pass: the foreground runs alone up to prior_at first, then the joint run blends "
+                                       "from blend_start (the paper's figure). in_run: cheaper; taken inside the joint run, no "
+                                       "blending before it."),
+                io.Float.Input("blend_start", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Blending starts at this fraction of the schedule."),
+                io.Float.Input("blend_end", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Blending stops after this fraction of the schedule."),
+                io.Combo.Input("bg_mode", options=[m.value for m in BgMode], default=BgMode.BG_FROM_BL.value,
+                               tooltip="bg_from_bl: the background follows the composite outside the object. bl_from_bg: the "
+                                       "composite takes the background outside the object and the background stays pure."),
+                io.Boolean.Input("blend_blend", default=True, tooltip="Ablation switch: the object into the composite."),
+                io.Boolean.Input("blend_fg", default=True, tooltip="Ablation switch: the harmonised composite back into the object."),
+                io.Boolean.Input("blend_bg", default=True, tooltip="Ablation switch: the background exchange (see bg_mode)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with LayerFusion.")],
+        )
+
+    @classmethod
+    def execute(cls, model, d: float, prior_at: float, prior_mode: str, blend_start: float, blend_end: float,
+                bg_mode: str, blend_blend: bool, blend_fg: bool, blend_bg: bool) -> io.NodeOutput:
+        if blend_end < blend_start:
+            raise node_error(APPLY, "blend_end", f"{blend_end} is before blend_start {blend_start}", "Make blend_end >= blend_start.")
+        settings = fusion.FusionSettings(
+            d=d, prior_at=prior_at, prior_mode=fusion.PriorMode(prior_mode), blend_start=blend_start, blend_end=blend_end,
+            bg_mode=BgMode(bg_mode), switches=BlendSwitches(blend=blend_blend, fg=blend_fg, bg=blend_bg),
+        )
+        try:
+            return io.NodeOutput(apply_layerfusion(model, settings))
+        except TypeError as err:
+            raise node_error(APPLY, "model", str(err), "LayerFusion works on SDXL checkpoints.") from None
+
+
+class LayerFusionMasks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionMasks",
+            display_name=MASKS,
+            category=CATEGORY,
+            description="Show the structure prior and the soft and hard masks LayerFusion used at one block and step of the "
+                        "last run (the paper's Figure 2), one per layered set.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model from LayerFusion Apply that went into the sampler."),
+                io.Latent.Input("samples", tooltip="The sampler's output (so this runs after it; sets the picture size)."),
+                io.String.Input("block", default=masks_view.DEFAULT_BLOCK,
+                                tooltip="Transformer block as 'input|middle|output <id> <index>', e.g. 'output 5 1' "
+                                        "(SDXL's last block) or 'middle 0 0'."),
+                io.Int.Input("step", default=-1, min=-1, max=10000,
+                             tooltip="Sampling step (UNet call) of the joint run; -1: where the structure prior was taken."),
+            ],
+            outputs=[
+                io.Mask.Output("structure", display_name="structure", tooltip="s': the structure prior."),
+                io.Mask.Output("soft", display_name="soft", tooltip="The soft mask norm(s' * c) of that block and step."),
+                io.Mask.Output("hard", display_name="hard", tooltip="The hard mask sigmoid(d * (soft - 0.5))."),
+                io.Image.Output("preview", display_name="preview", tooltip="structure, soft and hard side by side, per set."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, samples: dict, block: str, step: int) -> io.NodeOutput:
+        patch = fusion_patch(model)
+        if patch is None:
+            raise node_error(MASKS, "model", "has no LayerFusion Apply", "Connect the model that went into the sampler.")
+        size = tuple(8 * s for s in samples["samples"].shape[-2:])
+        try:
+            structure, soft, hard = masks_view.maps(patch.recorder, masks_view.parse_block(block), step, patch.settings.d, size)
+        except ValueError as err:
+            raise node_error(MASKS, "block", str(err), "Run the sampler first, then pick a block and step it recorded.") from None
+        return io.NodeOutput(structure, soft, hard, masks_view.side_by_side(structure, soft, hard))

@@ -1,0 +1,223 @@
+"""LayerFusion Apply on the real ComfyUI sampler with the tiny SDXL model: invariants of method.md."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerfusion.layerfusion_core import lora_files, patching
+from layerfusion.layerfusion_core.fusion import Phase
+from layerfusion.layerfusion_core.patching import Branch
+from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
+from layerfusion_testnodes import standins, tiny_sdxl
+from support.sdxl import SDXL_KEYS
+
+FG, BG, BL = 0, 1, 2
+STEPS = 4
+ALL_OFF = dict(blend_blend=False, blend_fg=False, blend_bg=False)
+
+
+def apply(model, **options):
+    args = dict(d=10.0, prior_at=0.8, prior_mode="prior_pass", blend_start=0.0, blend_end=1.0, bg_mode="bg_from_bl",
+                blend_blend=True, blend_fg=True, blend_bg=True)
+    args.update(options)
+    return LayerFusionApply.execute(model, **args).result[0]
+
+
+@pytest.fixture(scope="module")
+def conds(tiny):
+    return LayerFusionConditioning.execute(tiny.clip, "a glass bottle", "a wooden table", "", "blurry").result
+
+
+@pytest.fixture(scope="module")
+def fg_lora_model(tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm")
+    from safetensors.torch import save_file
+
+    save_file(standins.attn_lora_standin(standins.unet_shapes(tiny.model), rank=4), str(folder / standins.ATTN_FILE))
+    lora = lora_files.load_lora(str(folder / standins.ATTN_FILE), tiny.model.model)
+    return patching.apply_branch_lora(tiny.model, lora, Branch.FG, 1.0)
+
+
+def noise_for(rows, size=16, seed=1):
+    return torch.randn(rows, 4, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def sample(model, conds, rows=3, cfg=5.0, steps=STEPS, size=16, seed=1):
+    import comfy.sample
+
+    noise = noise_for(rows, size, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", conds[0], conds[1], torch.zeros_like(noise),
+                               seed=0, disable_pbar=True)
+
+
+def stream_cond(cond, s):
+    return [[cond[0][0][s:s + 1], {"pooled_output": cond[0][1]["pooled_output"][s:s + 1]}]]
+
+
+def rows_of(stream, sets):
+    return [3 * i + stream for i in range(sets)]
+
+
+def recorder(model):
+    return patching.fusion_patch(model).recorder
+
+
+@pytest.mark.parametrize("cfg", [1.0, 5.0])
+@pytest.mark.parametrize("mode", ["prior_pass", "in_run"])
+def test_blending_off_equals_independent_runs(tiny, fg_lora_model, conds, cfg, mode):
+    import comfy.sample
+
+    sets = 2
+    fused = sample(apply(fg_lora_model, prior_mode=mode, **ALL_OFF), conds, rows=3 * sets, cfg=cfg)
+    same_batch = sample(patching.enable_layered_batch(fg_lora_model), conds, rows=3 * sets, cfg=cfg)
+    assert torch.equal(fused, same_batch)  # the patch itself changes nothing, bit for bit
+    noise = noise_for(3 * sets)
+    for row in range(3 * sets):
+        stream = row % 3
+        own_model = patching.apply_branch_lora(tiny.model, *_fg_lora(fg_lora_model), Branch.FG, 1.0) if stream == FG else tiny.model
+        alone = comfy.sample.sample(own_model, noise[row:row + 1], STEPS, cfg, "euler", "normal", stream_cond(conds[0], stream),
+                                    stream_cond(conds[1], stream), torch.zeros_like(noise[row:row + 1]), seed=0, disable_pbar=True)
+        scale = alone.abs().max().item()
+        assert torch.allclose(fused[row], alone[0], rtol=0, atol=1e-5 * scale), (row, (fused[row] - alone[0]).abs().max())
+
+
+def _fg_lora(model):
+    """The LoadedLoRA behind a model patched by apply_branch_lora (rebuilt from its patches)."""
+    patches = patching.branch_patches(model)
+    low_rank = {k: lora_files.LowRank(p.lora_up, p.lora_down, p.scale) for k, p in patches.items()}
+    return (lora_files.LoadedLoRA("fg", low_rank, {}),)
+
+
+def test_blend_changes_the_streams_it_should_and_never_the_others(fg_lora_model, conds):
+    off = sample(apply(fg_lora_model, **ALL_OFF), conds)
+    changed = lambda out: [r for r in range(3) if (out[r] - off[r]).abs().max() > 1e-3]  # noqa: E731
+    same = lambda out: [r for r in range(3) if torch.equal(out[r], off[r])]  # noqa: E731
+    assert changed(sample(apply(fg_lora_model), conds)) == [FG, BG, BL]
+    out = sample(apply(fg_lora_model, bg_mode="bl_from_bg"), conds)
+    assert changed(out) == [FG, BL] and same(out) == [BG]  # the background stays pure SDXL
+    out = sample(apply(fg_lora_model, blend_fg=False, blend_bg=False), conds)
+    assert changed(out) == [BL] and same(out) == [FG, BG]  # object into the composite only
+    out = sample(apply(fg_lora_model, blend_blend=False, blend_bg=False), conds)
+    assert changed(out) == [FG] and same(out) == [BG, BL]
+
+
+def expected_extraction_step(model, prior_at, steps=STEPS):
+    import comfy.samplers
+
+    sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", steps)
+    threshold = sampling.percent_to_sigma(1.0 - prior_at)
+    return next(i for i, s in enumerate(sigmas[:-1].tolist()) if s <= threshold)
+
+
+@pytest.mark.parametrize("prior_at", [0.8, 0.4])
+def test_prior_pass_runs_the_fg_rows_alone_and_stops_at_the_extraction_step(fg_lora_model, conds, prior_at):
+    model = apply(fg_lora_model, prior_at=prior_at)
+    batch_sizes = []
+    first_layer = model.model.diffusion_model.input_blocks[0][0]  # the first conv: inside the UNet call, after our wrapper
+    hook = first_layer.register_forward_pre_hook(lambda mod, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        sample(model, conds, rows=6, cfg=5.0)
+    finally:
+        hook.remove()
+    k = expected_extraction_step(model, prior_at)
+    rec = recorder(model)
+    assert rec.extractions == 1 and rec.extraction_step == k and rec.extraction_phase is Phase.PRIOR_PASS
+    assert rec.prior_pass_calls == k + 1 and rec.joint_calls == STEPS
+    assert batch_sizes == [2 * 2] * (k + 1) + [6 * 2] * STEPS  # FG rows of cond + uncond, then the whole batch
+    assert min(step for _, step in rec.soft) == 0  # the joint run blends from blend_start = 0
+
+
+def test_in_run_extracts_once_and_blends_only_after(fg_lora_model, conds):
+    model = apply(fg_lora_model, prior_mode="in_run")
+    sample(model, conds)
+    k = expected_extraction_step(model, 0.8)
+    rec = recorder(model)
+    assert rec.extractions == 1 and rec.extraction_step == k and rec.extraction_phase is Phase.JOINT
+    assert rec.prior_pass_calls == 0 and min(step for _, step in rec.soft) == k + 1
+
+
+def test_masks_are_in_unit_range_with_each_blocks_token_count(fg_lora_model, conds):
+    model = apply(fg_lora_model)
+    sample(model, conds, rows=6, size=16)
+    rec = recorder(model)
+    grids = {("input", 4): 8, ("input", 5): 8, ("input", 7): 4, ("input", 8): 4, ("middle", 0): 4,
+             ("output", 0): 4, ("output", 1): 4, ("output", 2): 4, ("output", 3): 8, ("output", 4): 8, ("output", 5): 8}
+    assert rec.structure.shape == (2, 8, 8) and 0 <= rec.structure.min() and rec.structure.max() <= 1
+    assert {key for key, _ in rec.soft} == {(*block, 0) for block in grids}
+    for (key, _), soft in rec.soft.items():
+        side = grids[key[:2]]
+        assert soft.shape == (2, side, side) and 0 <= soft.min() and soft.max() <= 1
+
+
+def test_every_sdxl_block_blends_on_the_full_depth_model(tiny_full_unet, tiny, conds):
+    model = apply(tiny_full_unet, prior_at=1.0)
+    sample(model, conds, rows=3, cfg=1.0, steps=1, size=8)
+    assert recorder(model).blended == {(kind, key) for kind in ("attn1", "attn2") for key in SDXL_KEYS}
+
+
+def test_two_runs_in_a_row_equal_each_run_alone(tiny, conds):
+    first = apply(tiny.model, d=4.0, prior_mode="in_run")
+    second = apply(tiny.model, d=20.0, bg_mode="bl_from_bg", prior_at=0.5)
+    a, b = sample(first, conds), sample(second, conds)
+    assert torch.equal(sample(apply(tiny.model, d=20.0, bg_mode="bl_from_bg", prior_at=0.5), conds), b)
+    assert torch.equal(sample(apply(tiny.model, d=4.0, prior_mode="in_run"), conds), a)
+    assert not torch.equal(a, b)
+
+
+def test_another_packs_replace_patches_keep_working(tiny, conds):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    calls = {"attn1": 0, "attn2": 0}
+
+    def counting(kind):
+        def replace(q, k, v, extra_options):
+            calls[kind] += 1
+            return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+        return replace
+
+    other = tiny.model.clone()
+    other.set_model_attn2_replace(counting("attn2"), "middle", 0)  # a block-wide key, as some packs use
+    other.set_model_attn1_replace(counting("attn1"), "output", 5, 0)  # the structure block of the tiny model
+    with_other = sample(apply(other, **ALL_OFF), conds)
+    assert calls["attn1"] > 0 and calls["attn2"] > 0
+    assert torch.equal(with_other, sample(apply(tiny.model, **ALL_OFF), conds))
+
+
+def test_clear_errors(tiny, conds):
+    with pytest.raises(patching.BatchLayoutError, match="this latent batch has 4 rows"):
+        sample(apply(tiny.model), conds, rows=4)
+    plain = tiny.clip.encode_from_tokens(tiny.clip.tokenize("a bottle"), return_pooled=True)
+    stock = [[plain[0], {"pooled_output": plain[1]}]]
+    with pytest.raises(ValueError, match="does not come from LayerFusion Conditioning"):
+        sample(apply(tiny.model), (stock, stock))
+    with pytest.raises(ValueError, match="LayerFusion Apply: input 'model': expected an SDXL model"):
+        apply(tiny_sd15())
+
+
+def tiny_sd15():
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+              "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1, 1],
+              "transformer_depth": [1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
+              "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 2, "num_head_channels": -1,
+              "transformer_depth_output": [1, 1, 1, 1], "use_temporal_attention": False, "use_temporal_resblock": False}
+    model_config = comfy.supported_models.SD15(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    return comfy.model_patcher.ModelPatcher(model_config.get_model({}, device="cpu"), load_device="cpu", offload_device="cpu")
+
+
+def test_conditioning_layout_eos_and_long_prompts(tiny):
+    long_fg = ", ".join(["a tall clear glass bottle"] * 20)  # about 120 tokens: two 77-token chunks
+    pos, neg = LayerFusionConditioning.execute(tiny.clip, long_fg, "a table", "", "blurry", bg_negative="people").result
+    assert pos[0][0].shape == (3, 154, tiny_sdxl.CLIP_L_WIDTH + tiny_sdxl.CLIP_G_WIDTH)
+    assert pos[0][1]["pooled_output"].shape == (3, tiny_sdxl.CLIP_G_WIDTH)
+    assert pos[0][1][patching.EOS_KEY] == 76  # the first chunk's end token
+    explicit = LayerFusionConditioning.execute(tiny.clip, long_fg, "a table", f"{long_fg}, a table", "blurry").result[0]
+    assert torch.equal(explicit[0][0], pos[0][0])
+    short = LayerFusionConditioning.execute(tiny.clip, "a glass bottle", "", "", "").result[0]
+    assert short[0][1][patching.EOS_KEY] == 4  # 1 + the three tokens of "a glass bottle"
+    assert neg[0][0].shape[0] == 3 and not torch.equal(neg[0][0][1], neg[0][0][0])  # bg has its own negative
