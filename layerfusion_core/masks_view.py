@@ -7,12 +7,14 @@ import torch.nn.functional as F
 
 from .fusion import BlockKey, MaskRecorder
 
-DEFAULT_BLOCK = "output 5 1"
+DEFAULT_BLOCK = "structure"  # the block the structure prior is read from (SDXL: output 5 1)
 BLOCK_NAMES = ("input", "middle", "output")
 
 
-def parse_block(text: str) -> BlockKey:
-    """'output 5 1' (or 'output,5,1') -> ("output", 5, 1)."""
+def parse_block(text: str, structure_block: BlockKey) -> BlockKey:
+    """'output 5 1' (or 'output,5,1') -> ("output", 5, 1); 'structure' (or empty) -> ``structure_block``."""
+    if text.strip().lower() in ("", DEFAULT_BLOCK):
+        return structure_block
     parts = text.replace(",", " ").split()
     if len(parts) != 3 or parts[0] not in BLOCK_NAMES or not parts[1].isdigit() or not parts[2].isdigit():
         raise ValueError(f"{text!r} is not a block like 'output 5 1' (input|middle|output, block id, transformer index)")

@@ -45,8 +45,10 @@ class LayerFusionConditioning(io.ComfyNode):
                 io.String.Input("blend_negative", multiline=True, default="", optional=True,
                                 tooltip="Optional: the blend's own negative prompt."),
             ],
-            outputs=[io.Conditioning.Output("positive", display_name="positive"),
-                     io.Conditioning.Output("negative", display_name="negative")],
+            outputs=[io.Conditioning.Output("positive_out", display_name="positive",
+                                            tooltip="[fg, bg, blend] prompts, for the sampler's positive."),
+                     io.Conditioning.Output("negative_out", display_name="negative",
+                                            tooltip="[fg, bg, blend] negatives, for the sampler's negative.")],
         )
 
     @classmethod
@@ -129,8 +131,8 @@ class LayerFusionMasks(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model from LayerFusion Apply that went into the sampler."),
                 io.Latent.Input("samples", tooltip="The sampler's output (so this runs after it; sets the picture size)."),
                 io.String.Input("block", default=masks_view.DEFAULT_BLOCK,
-                                tooltip="Transformer block as 'input|middle|output <id> <index>', e.g. 'output 5 1' "
-                                        "(SDXL's last block) or 'middle 0 0'."),
+                                tooltip="'structure': the block the structure prior comes from (SDXL's last, output 5 1); or any "
+                                        "transformer block as 'input|middle|output <id> <index>', e.g. 'middle 0 0'."),
                 io.Int.Input("step", default=-1, min=-1, max=10000,
                              tooltip="Sampling step (UNet call) of the joint run; -1: where the structure prior was taken."),
             ],
@@ -149,7 +151,8 @@ class LayerFusionMasks(io.ComfyNode):
             raise node_error(MASKS, "model", "has no LayerFusion Apply", "Connect the model that went into the sampler.")
         size = tuple(8 * s for s in samples["samples"].shape[-2:])
         try:
-            structure, soft, hard = masks_view.maps(patch.recorder, masks_view.parse_block(block), step, patch.settings.d, size)
+            structure, soft, hard = masks_view.maps(
+                patch.recorder, masks_view.parse_block(block, patch.settings.structure_block), step, patch.settings.d, size)
         except ValueError as err:
             raise node_error(MASKS, "block", str(err), "Run the sampler first, then pick a block and step it recorded.") from None
         return io.NodeOutput(structure, soft, hard, masks_view.side_by_side(structure, soft, hard))

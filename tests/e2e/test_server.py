@@ -13,7 +13,10 @@ from support.comfy_server import ComfyServer, ServerError
 from support.paths import PACK_NAME, REPO
 from support.workflows import load_api, on_tiny_model, output_paths, saved_images
 
-PACK_NODES = {"LayerFusionEmptyLatent", "LayerFusionSplit"}
+PACK_NODES = {
+    "LayerFusionConditioning", "LayerFusionEmptyLatent", "LayerFusionSplit", "LayerFusionApply", "LayerFusionMasks",
+    "LayerFusionLoraApply", "LayerFusionTransparentDecode", "LayerFusionTransparentEncode",
+}
 
 
 def test_pack_nodes_are_in_object_info(server):
@@ -39,15 +42,20 @@ def test_pack_imported_without_failure(server):
 def test_demo_graph_runs_on_the_tiny_model(server):
     outputs = server.run(on_tiny_model(load_api("layerfusion"), size=128))
     images = saved_images(outputs)
-    assert sorted(img["filename"].split("_")[0] for img in images) == ["bg", "blend", "fg"]
+    assert sorted(img["filename"].split("_")[0] for img in images) == ["bg", "blend", "fg", "masks"]
     pixels = []
     for path in output_paths(outputs, server.output_dir):
         with Image.open(path) as img:
+            if path.name.startswith("masks"):  # structure, soft and hard side by side
+                assert img.size == (3 * 128, 128)
+                continue
             assert img.size == (128, 128)
             assert img.mode == ("RGBA" if path.name.startswith("fg") else "RGB"), path.name
             pixels.append(img.convert("RGB").tobytes())
-    assert len(set(pixels)) == 3, "fg, bg and blend come from different seeds and prompts and must differ"
-    assert Image.open(io.BytesIO(server.view(images[0]))).size == (128, 128)
+    assert len(set(pixels)) == 3, "fg, bg and blend come from different noise and prompts and must differ"
+    fg_entry = next(img for img in images if img["filename"].startswith("fg"))
+    with Image.open(io.BytesIO(server.view(fg_entry))) as served:  # the same file through /view
+        assert served.size == (128, 128) and served.mode == "RGBA"
 
 
 def test_split_refuses_a_batch_that_is_not_three_streams(server):
@@ -87,7 +95,7 @@ def test_demo_script_writes_pngs(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tiny random-weight model" in done.stdout
     pngs = sorted(out.rglob("*.png"))
-    assert len(pngs) == 3
+    assert len(pngs) == 4
     with Image.open(next(p for p in pngs if p.name.startswith("fg"))) as fg:
         assert fg.mode == "RGBA"
     assert all(str(p) in done.stdout for p in pngs)
