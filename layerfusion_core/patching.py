@@ -461,6 +461,8 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
 
     if not isinstance(model.model, comfy.model_base.SDXL):
         raise TypeError(f"expected an SDXL model, got {type(model.model).__name__}")
+    if fusion_patch(model) is not None:
+        raise TypeError("this model already went through LayerFusion Apply; use one LayerFusion Apply per model")
     keys = transformer_keys(model)
     if not keys:
         raise TypeError("this model has no transformer blocks to blend")

@@ -194,6 +194,8 @@ def test_clear_errors(tiny, conds):
         sample(apply(tiny.model), (stock, stock))
     with pytest.raises(ValueError, match="LayerFusion Apply: input 'model': expected an SDXL model"):
         apply(tiny_sd15())
+    with pytest.raises(ValueError, match="already went through LayerFusion Apply"):
+        apply(apply(tiny.model))
 
 
 def tiny_sd15():
@@ -221,3 +223,24 @@ def test_conditioning_layout_eos_and_long_prompts(tiny):
     short = LayerFusionConditioning.execute(tiny.clip, "a glass bottle", "", "", "").result[0]
     assert short[0][1][patching.EOS_KEY] == 4  # 1 + the three tokens of "a glass bottle"
     assert neg[0][0].shape[0] == 3 and not torch.equal(neg[0][0][1], neg[0][0][0])  # bg has its own negative
+
+
+def test_masks_node_shows_what_the_run_used(tiny, conds):
+    from layerfusion.nodes.fusion import LayerFusionMasks
+
+    model = apply(tiny.model, d=6.0)
+    out = sample(model, conds, rows=6, size=16)
+    rec = recorder(model)
+    structure, soft, hard, preview = LayerFusionMasks.execute(model, {"samples": out}, "structure", -1).result
+    assert structure.shape == soft.shape == hard.shape == (2, 128, 128) and preview.shape == (2, 128, 384, 3)
+    for maps in (structure, soft, hard):
+        assert 0 <= maps.min() and maps.max() <= 1
+    step = rec.extraction_step
+    recorded = rec.soft[(("output", 5, 0), step)].float().unsqueeze(1)
+    expected = torch.nn.functional.interpolate(recorded, size=(128, 128), mode="bilinear", align_corners=False).squeeze(1)
+    assert torch.allclose(soft, expected.clamp(0, 1), atol=1e-6)
+    assert torch.allclose(hard, torch.sigmoid(6.0 * (soft - 0.5)), atol=0.1)
+    middle = LayerFusionMasks.execute(model, {"samples": out}, "middle 0 0", 2).result[1]
+    assert not torch.equal(middle, soft)
+    with pytest.raises(ValueError, match="LayerFusion Masks: input 'block'"):
+        LayerFusionMasks.execute(model, {"samples": out}, "output 9 9", -1)
