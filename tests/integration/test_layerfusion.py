@@ -239,7 +239,9 @@ def test_masks_node_shows_what_the_run_used(tiny, conds):
     recorded = rec.soft[(("output", 5, 0), step)].float().unsqueeze(1)
     expected = torch.nn.functional.interpolate(recorded, size=(128, 128), mode="bilinear", align_corners=False).squeeze(1)
     assert torch.allclose(soft, expected.clamp(0, 1), atol=1e-6)
-    assert torch.allclose(hard, torch.sigmoid(6.0 * (soft - 0.5)), atol=0.1)
+    recorded_hard = torch.sigmoid(6.0 * (recorded - 0.5))
+    expected_hard = torch.nn.functional.interpolate(recorded_hard, size=(128, 128), mode="bilinear", align_corners=False)
+    assert torch.allclose(hard, expected_hard.squeeze(1).clamp(0, 1), atol=1e-6)
     middle = LayerFusionMasks.execute(model, {"samples": out}, "middle 0 0", 2).result[1]
     assert not torch.equal(middle, soft)
     with pytest.raises(ValueError, match="LayerFusion Masks: input 'block'"):
