@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from safetensors.torch import save_file
+
 from support.comfy_server import ComfyServer
 from support.host import import_comfy
+
+
+STYLE_LORA = "your_style_lora.safetensors"  # the user's own LoRA in the style-on-bg workflow
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +20,10 @@ def server():
 
     srv = ComfyServer(test_nodes=True)
     try:
-        standins.write_standins(srv.models_dir / "layer_model", standins.unet_shapes(tiny_sdxl.build_unet("depth1", 0)))
+        unet = tiny_sdxl.build_unet("depth1", 0)
+        standins.write_standins(srv.models_dir / "layer_model", standins.unet_shapes(unet))
+        (srv.models_dir / "loras").mkdir(parents=True, exist_ok=True)
+        save_file(standins.kohya_lora_standin(unet), str(srv.models_dir / "loras" / STYLE_LORA))
         srv.start()
         yield srv
     finally:

@@ -58,6 +58,25 @@ def attn_lora_standin(
     return out
 
 
+def kohya_lora_standin(model_patcher, rank: int = 4, seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """An ordinary (kohya-named) LoRA on every attention projection of ``model_patcher``'s UNet,
+    named through ComfyUI's own key map, with an alpha per layer."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    shapes = model_patcher.model.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for prefix, target in sorted(key_map.items()):
+        if not prefix.startswith("lora_unet_") or not re.search(r"attn[12]_to_(q|k|v|out_0)$", prefix):
+            continue
+        rows, cols = shapes[target].shape
+        out[f"{prefix}.lora_up.weight"] = _random([rows, rank], gen, scale)
+        out[f"{prefix}.lora_down.weight"] = _random([rank, cols], gen, scale)
+        out[f"{prefix}.alpha"] = torch.tensor(float(rank), dtype=torch.float16)
+    return out
+
+
 def unet_shapes(model_patcher) -> dict[str, torch.Size]:
     """``diffusion_model.``-prefixed state-dict shapes of a ComfyUI ModelPatcher's UNet."""
     return {f"diffusion_model.{k}": v.shape for k, v in model_patcher.model.diffusion_model.state_dict().items()}

@@ -1,0 +1,71 @@
+"""The shipped example workflows: every API twin runs through the real server on the tiny model,
+and every UI workflow is its twin, with node types and widget values ComfyUI accepts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from support.paths import PACK_NAME
+from support.ui_workflows import ui_to_api, widget_problems
+from support.workflows import API_DIR, on_tiny_model, output_paths
+
+TWINS = sorted(p.stem for p in API_DIR.glob("*.json"))
+TRANSPARENT_SOURCES = {"LayerFusionTransparentDecode"}
+
+
+def test_all_four_workflows_ship():
+    assert TWINS == ["layerfusion", "layerfusion_bg_style_lora", "transparent_foreground", "transparent_img2img"]
+    assert all((API_DIR.parent / f"{name}.json").is_file() for name in TWINS)
+
+
+def put_input_image(server) -> None:
+    rgba = np.zeros((96, 96, 4), dtype=np.uint8)
+    rgba[..., :3] = (200, 120, 40)
+    rgba[24:72, 32:64, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(server.base / "input" / "transparent_input.png")
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_api_twin_runs_and_saves_its_declared_outputs(server, name):
+    put_input_image(server)
+    graph = on_tiny_model(json.loads((API_DIR / f"{name}.json").read_text()), size=64, steps=3)
+    outputs = server.run(graph)
+    savers = {node_id for node_id, node in graph.items() if node["class_type"] == "SaveImage"}
+    assert savers and savers <= set(outputs)
+    for node_id in savers:
+        source = graph[graph[node_id]["inputs"]["images"][0]]["class_type"]
+        paths = output_paths({node_id: outputs[node_id]}, server.output_dir)
+        assert paths, f"{name}: {node_id} saved nothing"
+        for path in paths:
+            with Image.open(path) as img:
+                if source in TRANSPARENT_SOURCES:
+                    assert img.mode == "RGBA", f"{name}: {path.name} has no alpha channel"
+                    assert img.size == (64, 64) or name == "transparent_img2img"
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_ui_workflow_is_its_twin_with_accepted_values(server, name):
+    info = server.object_info()
+    ui = json.loads((API_DIR.parent / f"{name}.json").read_text())
+    missing = {node["type"] for node in ui["nodes"]} - set(info)
+    assert not missing, f"{name}: node types not in /object_info: {missing}"
+    twin = json.loads((API_DIR / f"{name}.json").read_text())
+    ids = {node_id: str(i + 1) for i, node_id in enumerate(twin)}
+    expected = {ids[k]: {"class_type": v["class_type"],
+                         "inputs": {n: ([ids[x[0]], x[1]] if isinstance(x, list) else x) for n, x in v["inputs"].items()}}
+                for k, v in twin.items()}
+    rebuilt = ui_to_api(ui, info)
+    assert rebuilt == expected
+    offered = {m["name"] for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])}
+    assert widget_problems(rebuilt, info, offered) == []
+    downloads = [m for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])]
+    assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] in ("checkpoints", "layer_model") for m in downloads)
+
+
+def test_workflows_are_in_the_template_browser(server):
+    templates = server.get_json("/workflow_templates")
+    assert sorted(templates[PACK_NAME]) == TWINS
