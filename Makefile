@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration test-e2e demo serve clean
+.PHONY: setup browser test test-unit test-integration test-e2e demo serve clean
 
 setup:
 	@$(PYTHON) scripts/bootstrap.py setup
 
-test: setup
+browser:
+	@$(PYTHON) scripts/bootstrap.py browser
+
+test: setup browser
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -17,7 +20,7 @@ test-unit: setup
 test-integration: setup
 	$(VENV_PY) -m pytest -m integration $(PYTEST_ARGS)
 
-test-e2e: setup
+test-e2e: setup browser
 	$(VENV_PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 demo: setup

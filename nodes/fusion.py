@@ -10,6 +10,7 @@ from ..layerfusion_core import fusion, masks_view
 from ..layerfusion_core.patching import EOS_KEY, apply_layerfusion, fusion_patch
 from ..layerfusion_core.priors import BgMode, BlendSwitches
 from .common import CATEGORY, node_error
+from .previews import masks_preview
 
 CONDITIONING = "LayerFusion Conditioning"
 APPLY = "LayerFusion Apply"
@@ -135,6 +136,8 @@ class LayerFusionMasks(io.ComfyNode):
                                         "transformer block as 'input|middle|output <id> <index>', e.g. 'middle 0 0'."),
                 io.Int.Input("step", default=-1, min=-1, max=10000,
                              tooltip="Sampling step (UNet call) of the joint run; -1: where the structure prior was taken."),
+                io.Image.Input("blend_image", optional=True,
+                               tooltip="Optional: the decoded blend image; the node then shows the soft mask over it."),
             ],
             outputs=[
                 io.Mask.Output("structure", display_name="structure", tooltip="s': the structure prior."),
@@ -145,7 +148,7 @@ class LayerFusionMasks(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, samples: dict, block: str, step: int) -> io.NodeOutput:
+    def execute(cls, model, samples: dict, block: str, step: int, blend_image: torch.Tensor | None = None) -> io.NodeOutput:
         patch = fusion_patch(model)
         if patch is None:
             raise node_error(MASKS, "model", "has no LayerFusion Apply", "Connect the model that went into the sampler.")
@@ -155,4 +158,8 @@ class LayerFusionMasks(io.ComfyNode):
                 patch.recorder, masks_view.parse_block(block, patch.settings.structure_block), step, patch.settings.d, size)
         except ValueError as err:
             raise node_error(MASKS, "block", str(err), "Run the sampler first, then pick a block and step it recorded.") from None
-        return io.NodeOutput(structure, soft, hard, masks_view.side_by_side(structure, soft, hard))
+        if blend_image is not None and tuple(blend_image.shape[1:3]) != tuple(soft.shape[-2:]):
+            raise node_error(MASKS, "blend_image", f"is {tuple(blend_image.shape[1:3])}, the masks {tuple(soft.shape[-2:])}",
+                             "Connect the VAE Decode of the blend stream of the same run.")
+        return io.NodeOutput(structure, soft, hard, masks_view.side_by_side(structure, soft, hard),
+                             ui=masks_preview(soft, blend_image))

@@ -18,6 +18,7 @@ from ..layerfusion_core.transparency import (
 from ..layerfusion_core.transparent_vae import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
 from ..layerfusion_core.vae_models import load_managed, posterior_moments
 from .common import CATEGORY, node_error
+from .previews import rgba_preview
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class LayerFusionTransparentDecode(io.ComfyNode):
         rgba = rgba.movedim(1, -1)
         alpha = rgba[..., 3]
         mask = 1.0 - alpha if mask_polarity == MASK_TRANSPARENT else alpha
-        return io.NodeOutput(rgba, rgba[..., :3].contiguous(), mask)
+        return io.NodeOutput(rgba, rgba[..., :3].contiguous(), mask, ui=rgba_preview(rgba))
 
 
 class LayerFusionTransparentEncode(io.ComfyNode):

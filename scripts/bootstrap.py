@@ -4,6 +4,7 @@ Runs with any Python 3.10+ and only the standard library, so that `make` can cal
 fresh machine. Every step is idempotent and leaves a stamp; a second run only checks stamps.
 
     python3 scripts/bootstrap.py setup        # host + venv (what `make` runs first)
+    python3 scripts/bootstrap.py browser      # Debian's chromium for the browser tests (apt-get)
     python3 scripts/bootstrap.py host-path    # print the ComfyUI directory in use
 
 Which ComfyUI is used (first match wins):
@@ -143,6 +144,35 @@ def ensure_venv(host: Path) -> None:
     log(f"virtual environment ready: {VENV}")
 
 
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (the only browser the tests use; never a browser download)."""
+    for name in CHROMIUM_CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def ensure_browser() -> str:
+    """Install Debian's chromium package for the headless browser tests, if it is missing."""
+    found = chromium_path()
+    if found:
+        return found
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        raise SystemExit("the browser tests need Debian's chromium package: run `apt-get install chromium` as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log("installing Debian's chromium for the browser tests")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+    found = chromium_path()
+    if not found:
+        raise SystemExit("apt-get installed chromium but no chromium executable is on PATH")
+    return found
+
+
 def setup() -> Path:
     host, why = host_path()
     if why == "pinned":
@@ -156,10 +186,12 @@ def main(argv: list[str]) -> int:
     if command == "setup":
         host = setup()
         log(f"ComfyUI host: {host} ({host_path()[1]})")
+    elif command == "browser":
+        log(f"chromium: {ensure_browser()}")
     elif command == "host-path":
         sys.stdout.write(f"{host_path()[0]}\n")
     else:
-        raise SystemExit(f"unknown command {command!r}; use setup or host-path")
+        raise SystemExit(f"unknown command {command!r}; use setup, browser or host-path")
     return 0
 
 

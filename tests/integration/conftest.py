@@ -7,6 +7,15 @@ from support.host import import_comfy
 import_comfy()  # the real ComfyUI, importable in-process (CPU), before any test module imports it
 
 
+@pytest.fixture(scope="session", autouse=True)
+def comfy_folders(tmp_path_factory):
+    """Node previews and outputs go to a temporary folder, not into the ComfyUI host."""
+    import folder_paths
+
+    folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("comfy_temp")))
+    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("comfy_output")))
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from layerfusion_testnodes import tiny_sdxl

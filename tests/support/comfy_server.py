@@ -58,6 +58,7 @@ class ComfyServer:
         self,
         *,
         test_nodes: bool = True,
+        pack: bool = True,
         models_dirs: Iterable[Path] = (),
         output_dir: Path | None = None,
         port: int | None = None,
@@ -67,6 +68,7 @@ class ComfyServer:
     ) -> None:
         self.host = comfyui_dir()
         self.test_nodes = test_nodes
+        self.pack = pack
         self.models_dirs = [Path(p) for p in models_dirs]
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -84,15 +86,18 @@ class ComfyServer:
     def _prepare(self) -> Path:
         custom_nodes = self.base / "custom_nodes"
         custom_nodes.mkdir(parents=True, exist_ok=True)
-        links = {PACK_NAME: REPO}
+        links = {PACK_NAME: REPO} if self.pack else {}
         if self.test_nodes:
             links["layerfusion_testnodes"] = TEST_NODES
         for name, target in links.items():
             link = custom_nodes / name
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
-        for sub in ("models/checkpoints", "models/layer_model", "input", "temp", "user"):
+        for sub in ("models/checkpoints", "models/layer_model", "input", "temp", "user/default"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
+        settings = self.base / "user" / "default" / "comfy.settings.json"
+        if not settings.exists():  # a returning user: no first-run tutorial or template dialog
+            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         config = {}
         for i, models in enumerate(self.models_dirs):

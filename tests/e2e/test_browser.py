@@ -1,0 +1,74 @@
+"""ComfyUI's real frontend in headless Chromium: the pack's workflow (a) loads with no missing node
+types and no console errors of its own, runs, and the extension draws its checkerboard preview."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+from support.browser import chromium_page
+from support.comfy_server import ComfyServer
+from support.ui_workflows import api_to_ui
+from support.workflows import load_api, on_tiny_model
+
+LIGHT, DARK = (255, 255, 255), (189, 189, 189)  # the checkerboard's two squares (#ffffff, #bdbdbd)
+FRAME = 8  # px of checkerboard around each RGBA preview
+
+
+def open_comfy(page, server) -> None:
+    page.goto(server.url, wait_until="networkidle", timeout=180_000)
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=180_000)
+    page.wait_for_timeout(1500)  # let the frontend finish its start-up requests
+
+
+def normalized(errors: list[str], server) -> set[str]:
+    """Console errors without the port and stack traces, so two servers' pages compare."""
+    return {re.sub(r"127\.0\.0\.1:\d+", "HOST", e.splitlines()[0]) for e in errors}
+
+
+def stock_errors() -> set[str]:
+    """What ComfyUI's own frontend logs on this offline machine without the pack (user.css 404s,
+    an unreachable release server, ...): the baseline the pack's page is held to."""
+    with ComfyServer(test_nodes=False, pack=False) as stock, chromium_page() as (page, errors):
+        open_comfy(page, stock)
+        return normalized(errors, stock)
+
+
+def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboard(server):
+    baseline = stock_errors()
+    workflow = api_to_ui(on_tiny_model(load_api("layerfusion"), size=64, steps=3), server.object_info())
+    with chromium_page() as (page, errors):
+        open_comfy(page, server)
+        assert "LayerFusion.Previews" in page.evaluate("() => window.app.extensions.map(e => e.name)")
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+        types = sorted({node["type"] for node in workflow["nodes"]})
+        assert page.evaluate("(types) => types.filter(t => !window.LiteGraph.registered_node_types[t])", types) == []
+        assert page.evaluate("() => window.app.graph._nodes.length") == len(workflow["nodes"])
+        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        page.wait_for_function(
+            "() => { const i = document.querySelector('.layerfusion-checkerboard img'); return i && i.complete && i.naturalWidth > 0; }",
+            timeout=600_000,
+        )
+        page.evaluate("""() => {
+            const node = window.app.graph._nodes.find(n => n.type === 'LayerFusionTransparentDecode');
+            window.app.canvas.ds.scale = 1.5;
+            window.app.canvas.centerOnNode(node);
+            window.app.graph.setDirtyCanvas(true, true);
+        }""")
+        page.wait_for_timeout(1000)
+        tile = page.locator(".layerfusion-checkerboard").first
+        tile.wait_for(state="visible", timeout=30_000)
+        png = tile.screenshot()
+        if os.environ.get("LAYERFUSION_SCREENSHOTS"):  # for a person to look at
+            page.screenshot(path=os.path.join(os.environ["LAYERFUSION_SCREENSHOTS"], "workflow_a.png"))
+            open(os.path.join(os.environ["LAYERFUSION_SCREENSHOTS"], "rgba_preview.png"), "wb").write(png)
+        shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+        new_errors = normalized(errors, server) - baseline
+    frame = np.concatenate([shot[:FRAME].reshape(-1, 3), shot[-FRAME:].reshape(-1, 3)])
+    near = lambda colour: (np.abs(frame - colour).max(axis=1) <= 12).mean()  # noqa: E731
+    assert near(LIGHT) > 0.25 and near(DARK) > 0.25, (near(LIGHT), near(DARK))  # both squares of the checkerboard
+    assert not new_errors, new_errors
