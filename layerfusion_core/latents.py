@@ -68,3 +68,17 @@ def split_layered_latent(latent: dict[str, Any]) -> dict[Stream, dict[str, Any]]
         part["samples"] = samples[int(stream) :: STREAMS_PER_SET].clone()
         out[stream] = part
     return out
+
+
+def stream_inputs(latent: dict[str, Any], images: torch.Tensor, stream: Stream | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent rows ``[N, 4, h, w]`` and images ``[N, H, W, C]`` of ``stream`` (every row of a
+    plain latent). ``images`` may hold every row of the latent or only the chosen stream's."""
+    samples = latent["samples"]
+    rows = stream_selection(latent, stream)
+    if rows is not None:
+        if images.shape[0] == samples.shape[0]:
+            images = images[rows]
+        samples = samples[rows]
+    if images.shape[0] != samples.shape[0]:
+        raise ValueError(f"has {images.shape[0]} images for {samples.shape[0]} latent rows")
+    return samples, images

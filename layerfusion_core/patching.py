@@ -84,10 +84,6 @@ class RowSelector:
                 "Start the latent with LayerFusion Empty Latent and do not change its batch size."
             )
 
-    @property
-    def sets(self) -> int:
-        return self.per_chunk // len(self.streams) if self.streams else self.per_chunk
-
     def rows_for(self, branch: Branch) -> torch.Tensor | None:
         """Row indices ``[K]`` of ``branch`` (possibly none), or None for every row."""
         if branch not in self._cache:

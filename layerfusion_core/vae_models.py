@@ -15,7 +15,7 @@ import torch
 
 from .safetensors_io import WeightFileError, read_safetensors
 from .transparent_vae import LatentOffsetEncoder, TransparentDecoder
-from .weight_files import KNOWN_BY_NAME, FileKind
+from .weight_files import KNOWN_BY_NAME
 
 EXPECTED_FILE = {
     TransparentDecoder: KNOWN_BY_NAME["vae_transparent_decoder.safetensors"],
@@ -106,8 +106,3 @@ def posterior_moments(vae, pixels_bchw: torch.Tensor) -> tuple[torch.Tensor, tor
     mean, logvar = moments.chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
     return mean.to(pixels_bchw.device), std.to(pixels_bchw.device)
-
-
-def is_kind(file_name: str, kind: FileKind) -> bool:
-    known = KNOWN_BY_NAME.get(os.path.basename(file_name))
-    return known is None or known.kind is kind

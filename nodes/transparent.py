@@ -9,7 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..layerfusion_core import weight_files
-from ..layerfusion_core.latents import stream_selection
+from ..layerfusion_core.latents import stream_inputs
 from ..layerfusion_core.safetensors_io import WeightFileError
 from ..layerfusion_core.streams import Stream
 from ..layerfusion_core.transparency import (
@@ -80,15 +80,10 @@ class LayerFusionTransparentDecode(io.ComfyNode):
     @classmethod
     def execute(cls, samples: dict, images: torch.Tensor, decoder_name: str, stream: str, augment: bool,
                 sub_batch_size: int, mask_polarity: str) -> io.NodeOutput:
-        latent = samples["samples"]
-        rows = stream_selection(samples, None if stream == "all" else Stream[stream.upper()])
-        if rows is not None:
-            latent = latent[rows]
-            if images.shape[0] == samples["samples"].shape[0]:
-                images = images[rows]
-        if images.shape[0] != latent.shape[0]:
-            raise node_error(DECODE, "images", f"has {images.shape[0]} images for {latent.shape[0]} latent rows",
-                             "Connect the VAE Decode of the same latent.")
+        try:
+            latent, images = stream_inputs(samples, images, None if stream == "all" else Stream[stream.upper()])
+        except ValueError as err:
+            raise node_error(DECODE, "images", str(err), "Connect the VAE Decode of the same latent.") from None
         pixels = images[..., :3].movedim(-1, 1).float()
         if not latent_fits(latent, pixels):
             log.info("%s: latent %s does not match images %s (upscaled?): decoding from pixels alone",
