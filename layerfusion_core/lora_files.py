@@ -68,9 +68,22 @@ def _sd15_hint(targets: list[str], model_shapes: Mapping[str, torch.Size]) -> st
     return ""
 
 
-def load_frozen(file_name: str, tensors: Mapping[str, torch.Tensor], model_shapes: Mapping[str, torch.Size]) -> LoadedLoRA:
+INPUT_CONV = "diffusion_model.input_blocks.0.0.weight"
+
+
+def widened_input_channels(delta: torch.Tensor, weight_shape: tuple[int, ...]) -> bool:
+    """True for a delta of the input conv with more input channels than the weight (the
+    conditional models' extra channels for the condition latents), everything else equal."""
+    return (len(delta.shape) == 4 and len(weight_shape) == 4 and delta.shape[1] > weight_shape[1]
+            and delta.shape[0] == weight_shape[0] and tuple(delta.shape[2:]) == tuple(weight_shape[2:]))
+
+
+def load_frozen(file_name: str, tensors: Mapping[str, torch.Tensor], model_shapes: Mapping[str, torch.Size],
+                allow_widened_input: bool = False) -> LoadedLoRA:
     """Validate a frozen-patcher file against ``model_shapes`` (``diffusion_model.``-prefixed
-    state-dict shapes) and split it into low-rank factors and full deltas."""
+    state-dict shapes) and split it into low-rank factors and full deltas. With
+    ``allow_widened_input`` (the conditional models), the input conv's delta may have more input
+    channels than the weight; it becomes a ComfyUI ``diff`` patch that zero-pads the weight."""
     groups: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
     for key, tensor in tensors.items():
         m = FROZEN_KEY.match(key)
@@ -106,12 +119,15 @@ def load_frozen(file_name: str, tensors: Mapping[str, torch.Tensor], model_shape
             low_rank[target.removesuffix(".weight")] = LowRank(up, down)
         if "diff" in kinds:
             delta = kinds["diff"][0]
-            if tuple(delta.shape) != shape:
+            if allow_widened_input and target == INPUT_CONV and widened_input_channels(delta, shape):
+                full[target] = ("diff", (delta, {"pad_weight": True}))
+            elif tuple(delta.shape) != shape:
                 raise LoRAFileError(
                     f"{file_name}: {target}: delta {tuple(delta.shape)} does not fit the weight {shape}"
                     + (" (a widened input conv: this is a conditional model, not a LoRA)" if "input_blocks.0.0" in target else "")
                 )
-            full[target] = ("diff", (delta,))
+            else:
+                full[target] = ("diff", (delta,))
     return LoadedLoRA(file_name, low_rank, full)
 
 
@@ -180,8 +196,9 @@ def _as_low_rank(patch: Any, weight_shape: torch.Size | None) -> LowRank | None:
     return LowRank(up, down, scale)
 
 
-def load_lora(path: str, comfy_model) -> LoadedLoRA:
-    """Read and validate a LoRA file against ``comfy_model`` (a `comfy.model_base.BaseModel`)."""
+def load_lora(path: str, comfy_model, shapes: Mapping[str, torch.Size] | None = None) -> LoadedLoRA:
+    """Read and validate a LoRA file against ``comfy_model`` (a `comfy.model_base.BaseModel`) whose
+    UNet weights have ``shapes`` (``diffusion_model.``-prefixed; default: as they are now)."""
     file_name = os.path.basename(path)
     known = known_file(file_name)
     if known is not None and known.kind not in (FileKind.ATTENTION_LORA, FileKind.FULL_DELTA):
@@ -193,6 +210,35 @@ def load_lora(path: str, comfy_model) -> LoadedLoRA:
     if not tensors:
         raise LoRAFileError(f"{file_name}: holds no tensors")
     if is_frozen_format(tensors):
-        shapes = {f"diffusion_model.{k}": v.shape for k, v in comfy_model.diffusion_model.state_dict().items()}
-        return load_frozen(file_name, tensors, shapes)
+        return load_frozen(file_name, tensors, shapes or _current_shapes(comfy_model))
     return load_ordinary(file_name, tensors, comfy_model)
+
+
+def _current_shapes(comfy_model) -> dict[str, torch.Size]:
+    return {f"diffusion_model.{k}": v.shape for k, v in comfy_model.diffusion_model.state_dict().items()}
+
+
+def load_conditional(path: str, comfy_model, shapes: Mapping[str, torch.Size] | None = None) -> tuple[LoadedLoRA, int]:
+    """A LayerDiffuse conditional model (fg2ble, bg2ble, fgble2bg, bgble2fg) validated against
+    ``comfy_model``, and how many 4-channel condition latents its widened input conv takes."""
+    file_name = os.path.basename(path)
+    known = known_file(file_name)
+    if known is not None and known.kind is not FileKind.CONDITIONAL:
+        raise LoRAFileError(f"{file_name}: is a LayerDiffuse {known.kind.value}, not a conditional model "
+                            "(layer_xl_fg2ble, _bg2ble, _fgble2bg or _bgble2fg)")
+    try:
+        tensors = read_safetensors(path)
+    except WeightFileError as err:
+        raise LoRAFileError(str(err)) from None
+    if not is_frozen_format(tensors):
+        raise LoRAFileError(f"{file_name}: not in LayerDiffuse's format ('<model key>::diff::0'); is it an ordinary LoRA?")
+    shapes = shapes or _current_shapes(comfy_model)
+    lora = load_frozen(file_name, tensors, shapes, allow_widened_input=True)
+    conv = lora.full_patches.get(INPUT_CONV)
+    if conv is None or len(conv[1]) < 2:
+        raise LoRAFileError(f"{file_name}: its input conv is not widened, so it takes no condition latent; "
+                            "expected a conditional model (layer_xl_fg2ble, _bg2ble, _fgble2bg or _bgble2fg)")
+    extra = conv[1][0].shape[1] - shapes[INPUT_CONV][1]
+    if extra % 4:
+        raise LoRAFileError(f"{file_name}: its input conv takes {extra} extra channels, not whole 4-channel latents")
+    return lora, extra // 4

@@ -267,6 +267,17 @@ class BranchLoRALinear(torch.nn.Module):
         return f"branch={self.branch.value}, rank={self.lora_down.shape[0]}, scale={self.scale:g}"
 
 
+def unet_shapes(model: comfy.model_patcher.ModelPatcher) -> dict[str, torch.Size]:
+    """``diffusion_model.``-prefixed UNet weight shapes as the checkpoint has them: ComfyUI keeps the
+    last model's weight patches applied between runs (a padded input conv, say), so a weight it
+    has backed up counts with its original shape."""
+    shapes = {f"diffusion_model.{k}": v.shape for k, v in model.model.diffusion_model.state_dict().items()}
+    for key, saved in model.backup.items():
+        if key in shapes:
+            shapes[key] = saved.weight.shape
+    return shapes
+
+
 def _ensure_rows_wrapper(model: comfy.model_patcher.ModelPatcher) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     if not model.get_wrappers(kind, ROWS_WRAPPER_KEY):
@@ -482,3 +493,84 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
 
 def fusion_patch(model: comfy.model_patcher.ModelPatcher) -> LayerFusionPatch | None:
     return model.model_options.get("transformer_options", {}).get(FUSION_OPTION)
+
+
+# ---- LayerDiffuse's conditional models (the sequential pipelines) ---------------------------
+CONCAT_KEY = "noise_concat"  # conditioning: latents ComfyUI concatenates to the UNet input (c_concat)
+CONDITION_WRAPPER_KEY = "layerfusion.condition_size"
+
+
+class ConditionSizeError(ValueError):
+    pass
+
+
+class _ConditionCheck:
+    """APPLY_MODEL wrapper: the condition latents must come with the generation, at its size."""
+
+    def __init__(self, condition_channels: int) -> None:
+        self.condition_channels = condition_channels
+
+    def __call__(self, executor, x, t, c_concat=None, *args, **kwargs):
+        node = "LayerFusion LayerDiffuse Conditional"
+        if c_concat is None or c_concat.shape[1] != self.condition_channels:
+            raise ConditionSizeError(
+                f"{node}: this model takes {self.condition_channels // 4} condition latent(s) through its conditioning; "
+                "connect the positive and negative that come out of the same node to the sampler."
+            )
+        if tuple(c_concat.shape[-2:]) != tuple(x.shape[-2:]):
+            h, w = (8 * s for s in c_concat.shape[-2:])
+            gh, gw = (8 * s for s in x.shape[-2:])
+            raise ConditionSizeError(
+                f"{node}: the condition image is {w}x{h} but the generation is {gw}x{gh}; encode the condition at the "
+                "generation's size (or make the empty latent its size)."
+            )
+        return executor(x, t, c_concat, *args, **kwargs)
+
+
+def layerdiffuse_conditional(
+    model: comfy.model_patcher.ModelPatcher, positive: list, negative: list, conditions: list[torch.Tensor],
+    lora: LoadedLoRA, weight: float, stop_at: float,
+) -> tuple[comfy.model_patcher.ModelPatcher, list, list]:
+    """The conditional model's patch and its condition latents (raw, ``[B, 4, h, w]`` each) through
+    ComfyUI's own mechanisms, with nothing changed on ``model``:
+
+    - the input conv is zero-padded to take the extra channels: a static weight patch (ComfyUI's
+      ``diff`` with ``pad_weight``) on a clone of the model;
+    - the deltas (the widened input conv's included) are a conditioning weight hook on
+      ``positive`` and ``negative`` whose strength drops to 0 at ``stop_at`` (a fraction of the
+      schedule): ComfyUI re-patches the weights at that step, within the same run;
+    - the condition latents are concatenated input conditioning on both.
+
+    After ``stop_at`` the padded input conv weighs the condition channels by zero and every other
+    weight is back to its own value: the plain model, within the same sampling run."""
+    import comfy.hooks
+    import comfy.weight_adapter
+
+    from .lora_files import INPUT_CONV
+
+    widened = lora.full_patches[INPUT_CONV][1][0]
+    patches = dict(lora.full_patches)
+    for path, factors in lora.low_rank.items():
+        patches[f"{path}.weight"] = comfy.weight_adapter.LoRAAdapter(set(), (factors.up, factors.down, None, None, None, None))
+    hook = comfy.hooks.WeightHook(strength_model=weight, strength_clip=0.0)
+    hook.weights, hook.need_weight_init = patches, False
+    keyframes = comfy.hooks.HookKeyframeGroup()
+    keyframes.add(comfy.hooks.HookKeyframe(strength=1.0, start_percent=0.0))
+    if stop_at < 1.0:
+        keyframes.add(comfy.hooks.HookKeyframe(strength=0.0, start_percent=stop_at))
+    group = comfy.hooks.HookGroup()
+    group.add(hook)
+    group.set_keyframes_on_hooks(keyframes)
+    concat = torch.cat([model.model.process_latent_in(c) for c in conditions], dim=1)
+
+    def conditioned(conds: list) -> list:
+        hooked = comfy.hooks.set_hooks_for_conditioning(conds, group)
+        return [[c, {**options, CONCAT_KEY: concat}] for c, options in hooked]
+
+    patched = model.clone()
+    patched.add_patches({INPUT_CONV: ("diff", (torch.zeros_like(widened), {"pad_weight": True}))}, 1.0)
+    kind = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+    patched.remove_wrappers_with_key(kind, CONDITION_WRAPPER_KEY)
+    patched.add_wrapper_with_key(kind, CONDITION_WRAPPER_KEY, _ConditionCheck(concat.shape[1]))
+    log.info("%s at weight %g on %d condition latent(s), until %g of the schedule", lora.file_name, weight, len(conditions), stop_at)
+    return patched, conditioned(positive), conditioned(negative)

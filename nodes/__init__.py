@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from .latent import LayerFusionEmptyLatent, LayerFusionSplit
+from .layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
 from .lora import LayerFusionLoraApply
 from .transparent import LayerFusionTransparentDecode, LayerFusionTransparentEncode
 
@@ -18,6 +19,8 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionLoraApply,
     LayerFusionTransparentDecode,
     LayerFusionTransparentEncode,
+    LayerFusionLayerDiffuseCond,
+    LayerFusionFlattenAlpha,
 ]
 
 

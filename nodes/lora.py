@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..layerfusion_core import weight_files
 from ..layerfusion_core.lora_files import LoRAFileError, load_lora
-from ..layerfusion_core.patching import Branch, apply_branch_lora
+from ..layerfusion_core.patching import Branch, apply_branch_lora, unet_shapes
 from .common import CATEGORY, node_error
 
 NODE = "LayerFusion LoRA Apply"
@@ -47,7 +47,7 @@ class LayerFusionLoraApply(io.ComfyNode):
     def execute(cls, model, lora_name: str, branch: str, weight: float) -> io.NodeOutput:
         try:
             path = weight_files.resolve(lora_name)
-            lora = load_lora(path, model.model)
+            lora = load_lora(path, model.model, unet_shapes(model))
             patched = apply_branch_lora(model, lora, Branch(branch), weight)
         except FileNotFoundError as err:
             raise node_error(NODE, "lora_name", str(err), "Put the file in place and refresh the node list.") from None

@@ -22,6 +22,7 @@ def server():
     try:
         unet = tiny_sdxl.build_unet("depth1", 0)
         standins.write_standins(srv.models_dir / "layer_model", standins.unet_shapes(unet))
+        standins.write_conditional_standins(srv.models_dir / "layer_model", standins.unet_shapes(unet))
         (srv.models_dir / "loras").mkdir(parents=True, exist_ok=True)
         save_file(standins.kohya_lora_standin(unet), str(srv.models_dir / "loras" / STYLE_LORA))
         srv.start()

@@ -18,7 +18,8 @@ TRANSPARENT_SOURCES = {"LayerFusionTransparentDecode"}
 
 
 def test_all_four_workflows_ship():
-    assert TWINS == ["layerfusion", "layerfusion_bg_style_lora", "transparent_foreground", "transparent_img2img"]
+    assert TWINS == ["layerdiffuse_bg_blend_fg", "layerdiffuse_fg_blend_bg", "layerfusion", "layerfusion_bg_style_lora",
+                     "transparent_foreground", "transparent_img2img"]
     assert all((API_DIR.parent / f"{name}.json").is_file() for name in TWINS)
 
 

@@ -98,3 +98,32 @@ def write_standins(layer_model_dir: Path, shapes: Mapping[str, torch.Size], rank
         save_file(tensors, str(path))
         paths[name] = path
     return paths
+
+
+CONDITIONAL_FILES = {  # name -> condition latents its input conv takes
+    "layer_xl_fg2ble.safetensors": 1, "layer_xl_bg2ble.safetensors": 1,
+    "layer_xl_fgble2bg.safetensors": 2, "layer_xl_bgble2fg.safetensors": 2,
+}
+
+
+def conditional_standin(shapes: Mapping[str, torch.Size], conditions: int, rank: int = 4, seed: int = 0,
+                        scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A conditional model for a UNet with ``shapes``: the input conv's delta widened by 4 channels
+    per condition latent (frozen-patcher ``diff``) and the attention LoRA's layout."""
+    gen = torch.Generator().manual_seed(seed + 100)
+    conv = "diffusion_model.input_blocks.0.0.weight"
+    out, cin, kh, kw = shapes[conv]
+    tensors = attn_lora_standin(shapes, rank=rank, seed=seed, scale=scale)
+    tensors[f"{conv}::diff::0"] = _random([out, cin + 4 * conditions, kh, kw], gen, scale * 4)
+    return tensors
+
+
+def write_conditional_standins(layer_model_dir: Path, shapes: Mapping[str, torch.Size], seed: int = 0) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    layer_model_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for i, (name, conditions) in enumerate(CONDITIONAL_FILES.items()):
+        paths[name] = layer_model_dir / name
+        save_file(conditional_standin(shapes, conditions, seed=seed + i), str(paths[name]))
+    return paths

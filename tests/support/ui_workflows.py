@@ -14,6 +14,7 @@ CHECKPOINT_URL = "https://huggingface.co/SG161222/RealVisXL_V4.0/resolve/main/Re
 LAYERDIFFUSE_URL = "https://huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/{name}"
 MODEL_INPUTS = {  # input name -> models folder, for the frontend's missing-model prompt
     "ckpt_name": "checkpoints", "lora_name": "layer_model", "decoder_name": "layer_model", "encoder_name": "layer_model",
+    "model_name": "layer_model",
 }
 
 

@@ -53,7 +53,7 @@ def layer_model_files(graph: dict[str, Any]) -> list[str]:
     """The LayerDiffuse files (models/layer_model) a graph names."""
     names = []
     for node in graph.values():
-        for key in ("lora_name", "decoder_name", "encoder_name"):
+        for key in ("lora_name", "decoder_name", "encoder_name", "model_name"):
             value = node["inputs"].get(key)
             if isinstance(value, str) and value.startswith(("layer_", "vae_transparent")) and value not in names:
                 names.append(value)
