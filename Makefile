@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test test-unit test-integration test-e2e demo serve clean
+.PHONY: setup browser test test-unit test-integration test-e2e demo bench serve clean
 
 setup:
 	@$(PYTHON) scripts/bootstrap.py setup
@@ -25,6 +25,9 @@ test-e2e: setup browser
 
 demo: setup
 	$(VENV_PY) scripts/demo.py $(DEMO_ARGS)
+
+bench: setup
+	$(VENV_PY) scripts/bench.py $(BENCH_ARGS)
 
 serve: setup
 	$(VENV_PY) scripts/serve.py $(SERVE_ARGS)

@@ -260,11 +260,20 @@ class BranchLoRALinear(torch.nn.Module):
         selector = call.selector if call is not None else RowSelector(x.shape[0], 1, None, device=x.device)
         rows = selector.rows_for(self.branch)
         if rows is None:
-            return out + self.delta(x)
-        return out.index_add(0, rows, self.delta(x.index_select(0, rows)))
+            return out.add_(self.delta(x))
+        if rows.numel() == 0:
+            return out
+        # `out` is the fresh output of the wrapped layer: adding in place saves a copy per layer
+        return out.index_add_(0, rows, self.delta(x.index_select(0, rows)))
 
     def extra_repr(self) -> str:
         return f"branch={self.branch.value}, rank={self.lora_down.shape[0]}, scale={self.scale:g}"
+
+
+def compute_dtype(model: comfy.model_patcher.ModelPatcher) -> torch.dtype:
+    """The dtype the UNet computes in (its weights', or the manual-cast one for fp8 weights)."""
+    dtype = getattr(model.model, "manual_cast_dtype", None) or model.model_dtype() or torch.float32
+    return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float16
 
 
 def unet_shapes(model: comfy.model_patcher.ModelPatcher) -> dict[str, torch.Size]:
@@ -299,9 +308,11 @@ def apply_branch_lora(
             "attention LoRA (layer_xl_transparent_attn.safetensors) for the fg branch"
         )
     patched = model.clone()
+    dtype = compute_dtype(model)
     for path, factors in lora.low_rank.items():
         inner = patched.get_model_object(path)
-        patched.add_object_patch(path, BranchLoRALinear(inner, factors.up, factors.down, factors.scale * weight, branch))
+        up, down = factors.up.to(dtype), factors.down.to(dtype)  # cast once here, not at every call
+        patched.add_object_patch(path, BranchLoRALinear(inner, up, down, factors.scale * weight, branch))
     if lora.full_patches:
         applied = patched.add_patches(lora.full_patches, weight)
         if len(applied) != len(lora.full_patches):
@@ -395,11 +406,10 @@ class _BlendOutput:
         if self.kind == "attn2":
             run.recorder.soft[(key, run.step)] = soft.detach().view(-1, *grid).half()
         run.recorder.blended.add((self.kind, key))
-        out = n.clone()
-        for chunk in range(call.selector.chunks):
+        for chunk in range(call.selector.chunks):  # n is to_out's fresh output: blended in place
             fg, bg, bl = (call.selector.stream_rows(s, chunk) for s in (Stream.FG, Stream.BG, Stream.BLEND))
-            out[fg], out[bg], out[bl] = priors.blend(n[fg], n[bg], n[bl], soft, hard, run.settings.bg_mode, run.settings.switches)
-        return out
+            n[fg], n[bg], n[bl] = priors.blend(n[fg], n[bg], n[bl], soft, hard, run.settings.bg_mode, run.settings.switches)
+        return n
 
 
 def _eos_index(guider) -> int:

@@ -100,3 +100,18 @@ def test_resize_map():
     assert torch.equal(priors.resize_map(values, (4, 4), (4, 4)), values)
     assert torch.allclose(priors.resize_map(values, (4, 4), (2, 2)), torch.tensor([[2.5, 4.5, 10.5, 12.5]]))
     assert priors.resize_map(values, (4, 4), (8, 8)).shape == (1, 64)
+
+
+def test_structure_prior_never_allocates_a_heads_x_m_x_m_tensor():
+    """The memory proxy of the benchmark's structure-prior target (no wall time): at 32x32 tokens and
+    10 heads, no single allocation comes near heads x M x M floats."""
+    from support.alloc_tracker import AllocationTracker
+
+    heads, m_tokens = 10, 1024
+    q, k = torch.randn(1, m_tokens, heads * 8, generator=gen(10)), torch.randn(1, m_tokens, heads * 8, generator=gen(11))
+    budget = 1 << 18
+    with AllocationTracker() as tracker:
+        priors.structure_prior(q, k, heads, max_elements=budget)
+    full_matrix = heads * m_tokens * m_tokens * 4
+    assert tracker.largest <= budget * 4 * 2  # one chunk of float32 probabilities (and its exp), never more
+    assert tracker.peak < full_matrix / 4, (tracker.peak, full_matrix)
