@@ -126,7 +126,9 @@ class CallContext:
     run: FusionRun | None = None
     extract: bool = False
     blend: bool = False
+    blend_next: bool = False  # a later call may blend: keep the content maps of this one
     content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
+    structure: dict[tuple[int, int], torch.Tensor] = dataclasses.field(default_factory=dict)  # s' per token grid
 
     @property
     def cond_chunk(self) -> int | None:
@@ -178,7 +180,8 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
         return out
     selector = RowSelector(x.shape[0], chunks, FULL_STREAMS if layered or run is not None else None, x.device)
     extract, blend = run.begin_call(sigma) if run is not None else (False, False)
-    token = _CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend))
+    blend_next = run is not None and run.settings.switches.any and sigma >= run.sigma_blend_end
+    token = _CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend, blend_next))
     try:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     finally:
@@ -365,6 +368,11 @@ def _attention(q, k, v, extra_options):
                                transformer_options=extra_options)
 
 
+def _stream_view(t: torch.Tensor, selector: RowSelector) -> torch.Tensor:
+    """``t [rows, ...]`` as ``[chunks, sets, streams, ...]`` (a view: rows are interleaved per chunk)."""
+    return t.view(selector.chunks, -1, len(selector.streams), *t.shape[1:])
+
+
 class _PriorReplace:
     """attn1/attn2 replace patch: reads the priors from q and k, then computes attention as before
     (through the replace patch that was there, if any)."""
@@ -375,13 +383,14 @@ class _PriorReplace:
     def __call__(self, q, k, v, extra_options):
         call = _CURRENT_CALL.get()
         if call is not None and call.run is not None and call.cond_chunk is not None:
-            fg = call.selector.stream_rows(Stream.FG, call.cond_chunk)
+            fg = call.selector.streams.index(Stream.FG)
+            q_fg, k_fg = (_stream_view(t, call.selector)[call.cond_chunk, :, fg] for t in (q, k))
             heads, key = extra_options["n_heads"], _block_key(extra_options)
             if self.kind == "attn1" and call.extract and key == call.run.settings.structure_block:
                 grid = tuple(extra_options["activations_shape"][-2:])
-                call.run.set_prior(priors.structure_prior(q[fg], k[fg], heads), grid)
-            elif self.kind == "attn2" and call.run.phase is Phase.JOINT:
-                content = priors.content_confidence(q[fg], k[fg], heads, call.run.eos_index)
+                call.run.set_prior(priors.structure_prior(q_fg, k_fg, heads), grid)
+            elif self.kind == "attn2" and call.run.phase is Phase.JOINT and call.blend_next:
+                content = priors.content_confidence(q_fg, k_fg, heads, call.run.eos_index)
                 call.content[key] = call.run.last_content[key] = content
         if self.previous is not None:
             return self.previous(q, k, v, extra_options)
@@ -400,15 +409,18 @@ class _BlendOutput:
             return n
         run, key = call.run, _block_key(extra_options)
         grid = tuple(extra_options["activations_shape"][-2:])
-        structure = priors.resize_map(run.prior, run.prior_grid, grid)
+        if grid not in call.structure:
+            call.structure[grid] = priors.resize_map(run.prior, run.prior_grid, grid)
         content = call.content.get(key) if self.kind == "attn2" else run.last_content.get(key)
-        soft, hard = priors.masks(structure, content, run.settings.d)
+        soft, hard = priors.masks(call.structure[grid], content, run.settings.d)
         if self.kind == "attn2":
             run.recorder.soft[(key, run.step)] = soft.detach().view(-1, *grid).half()
         run.recorder.blended.add((self.kind, key))
-        for chunk in range(call.selector.chunks):  # n is to_out's fresh output: blended in place
-            fg, bg, bl = (call.selector.stream_rows(s, chunk) for s in (Stream.FG, Stream.BG, Stream.BLEND))
-            n[fg], n[bg], n[bl] = priors.blend(n[fg], n[bg], n[bl], soft, hard, run.settings.bg_mode, run.settings.switches)
+        streams = _stream_view(n, call.selector)  # [chunks, sets, 3, M, D]: each chunk with the same masks
+        fg, bg, bl = (streams[:, :, int(s)] for s in (Stream.FG, Stream.BG, Stream.BLEND))
+        new = priors.blend(fg, bg, bl, soft, hard, run.settings.bg_mode, run.settings.switches)
+        for s, value in zip((Stream.FG, Stream.BG, Stream.BLEND), new):  # n is to_out's fresh output
+            streams[:, :, int(s)] = value
         return n
 
 
