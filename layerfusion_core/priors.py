@@ -97,11 +97,12 @@ def blend(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The attention-level blend of one block: ``a_* [S, M, D]``, masks ``[S, M]`` -> new (fg, bg, bl)."""
     soft, hard = soft.unsqueeze(-1).to(a_fg.dtype), hard.unsqueeze(-1).to(a_fg.dtype)
-    bl = a_fg * soft + a_bl * (1 - soft) if switches.blend else a_bl
-    fg = bl * hard + a_fg * (1 - hard) if switches.fg else a_fg
+    # torch.lerp(x, y, w) = x + w * (y - x) = y * w + x * (1 - w): one fused op, one new tensor each
+    bl = torch.lerp(a_bl, a_fg, soft) if switches.blend else a_bl
+    fg = torch.lerp(a_fg, bl, hard) if switches.fg else a_fg
     bg = a_bg
     if switches.bg and mode is BgMode.BG_FROM_BL:
-        bg = a_bg * soft + bl * (1 - soft)
+        bg = torch.lerp(bl, a_bg, soft)
     elif switches.bg and mode is BgMode.BL_FROM_BG:
-        bl = bl * soft + a_bg * (1 - soft)
+        bl = torch.lerp(a_bg, bl, soft)
     return fg, bg, bl

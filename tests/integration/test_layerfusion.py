@@ -131,7 +131,14 @@ def test_prior_pass_runs_the_fg_rows_alone_and_stops_at_the_extraction_step(fg_l
 
 def test_in_run_extracts_once_and_blends_only_after(fg_lora_model, conds):
     model = apply(fg_lora_model, prior_mode="in_run")
-    sample(model, conds)
+    batch_sizes = []
+    first_layer = model.model.diffusion_model.input_blocks[0][0]
+    hook = first_layer.register_forward_pre_hook(lambda mod, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        sample(model, conds)
+    finally:
+        hook.remove()
+    assert batch_sizes == [3 * 2] * STEPS  # one UNet call per step: three streams, cond and uncond together
     k = expected_extraction_step(model, 0.8)
     rec = recorder(model)
     assert rec.extractions == 1 and rec.extraction_step == k and rec.extraction_phase is Phase.JOINT
