@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import enum
 import logging
 
 import torch
@@ -41,80 +40,15 @@ import comfy.patcher_extension
 from . import priors
 from .fusion import BlockKey, FusionRun, FusionSettings, MaskRecorder, Phase
 from .lora_files import LoadedLoRA
-from .streams import STREAMS_PER_SET, Stream
+from .rows import FULL_STREAMS, BatchLayoutError, Branch, RowSelector, stream_view
+from .streams import Stream
+
+__all__ = ["BatchLayoutError", "Branch", "RowSelector"]  # re-exported: the row layout lives in rows.py
 
 log = logging.getLogger(__name__)
 
 LAYOUT_OPTION = "layerfusion_layout"  # transformer_options flag: the batch is [fg, bg, blend] * N
 ROWS_WRAPPER_KEY = "layerfusion.rows"
-
-
-class Branch(str, enum.Enum):
-    FG = "fg"
-    BG = "bg"
-    BLEND = "blend"
-    ALL = "all"
-
-    @property
-    def stream(self) -> Stream | None:
-        return None if self is Branch.ALL else Stream[self.name]
-
-
-class BatchLayoutError(ValueError):
-    pass
-
-
-class RowSelector:
-    """The rows of one UNet call that each stream and branch owns.
-
-    ``rows`` is the batch size of the call and ``chunks`` the number of cond/uncond chunks in it
-    (row ``c * per_chunk + r`` is row ``r`` of chunk ``c``). ``streams`` lists the streams of a
-    chunk's rows in their repeating order: ``(FG, BG, BLEND)`` for a LayerFusion batch, ``(FG,)``
-    for the FG-only prior pass, None for a plain batch (where `fg` and `all` own every row).
-    """
-
-    def __init__(self, rows: int, chunks: int, streams: tuple[Stream, ...] | None, device: torch.device) -> None:
-        self.rows, self.chunks, self.streams, self.device = rows, max(chunks, 1), streams, device
-        self.per_chunk = rows // self.chunks
-        self._cache: dict[object, torch.Tensor | None] = {}
-        if streams is not None and (rows % self.chunks or self.per_chunk % len(streams)):
-            raise BatchLayoutError(
-                f"LayerFusion: the model runs the three-stream layout, but this latent batch has {rows // self.chunks} rows "
-                f"(seen as {rows} rows in {self.chunks} cond/uncond chunks), not {STREAMS_PER_SET} rows (fg, bg, blend) per layered set. "
-                "Start the latent with LayerFusion Empty Latent and do not change its batch size."
-            )
-
-    def rows_for(self, branch: Branch) -> torch.Tensor | None:
-        """Row indices ``[K]`` of ``branch`` (possibly none), or None for every row."""
-        if branch not in self._cache:
-            self._cache[branch] = self._branch_rows(branch)
-        return self._cache[branch]
-
-    def _branch_rows(self, branch: Branch) -> torch.Tensor | None:
-        if branch is Branch.ALL or (self.streams is None and branch is Branch.FG):
-            return None
-        if self.streams is None:
-            raise BatchLayoutError(
-                f"LayerFusion LoRA Apply: branch '{branch.value}' needs a LayerFusion batch (LayerFusion Apply on "
-                "this model, fed by LayerFusion Empty Latent); this model runs a plain batch. Use branch 'fg' or 'all'."
-            )
-        index = torch.arange(self.rows, device=self.device)
-        if branch.stream not in self.streams:
-            return index[:0]
-        period = len(self.streams)
-        return index[(index % self.per_chunk) % period == self.streams.index(branch.stream)]
-
-    def stream_rows(self, stream: Stream, chunk: int) -> torch.Tensor:
-        """Rows ``[sets]`` of ``stream`` in chunk ``chunk`` (a layered batch only)."""
-        key = (stream, chunk)
-        if key not in self._cache:
-            period = len(self.streams)
-            start = chunk * self.per_chunk + self.streams.index(stream)
-            self._cache[key] = torch.arange(start, (chunk + 1) * self.per_chunk, period, device=self.device)
-        return self._cache[key]
-
-
-FULL_STREAMS: tuple[Stream, ...] = tuple(Stream)
 
 
 @dataclasses.dataclass
@@ -208,9 +142,11 @@ class BranchLoRALinear(torch.nn.Module):
     and ``lora_down`` ``[r, in]``.
     """
 
-    def __init__(self, inner: torch.nn.Module, up: torch.Tensor, down: torch.Tensor, scale: float, branch: Branch) -> None:
+    def __init__(self, inner: torch.nn.Module, up: torch.Tensor, down: torch.Tensor, scale: float, branch: Branch,
+                 merged: bool = False) -> None:
         super().__init__()
         object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_merged_cache", None)  # (key, W + scale * up @ down) in the compute dtype
         for name in _SHARED_PARAMS:
             value = getattr(inner, name, None)
             if value is not None:
@@ -219,6 +155,7 @@ class BranchLoRALinear(torch.nn.Module):
         self.lora_down = torch.nn.Parameter(down, requires_grad=False)
         self.scale = float(scale)
         self.branch = branch
+        self.merged = merged
 
     @property
     def inner(self) -> torch.nn.Module:
@@ -227,6 +164,8 @@ class BranchLoRALinear(torch.nn.Module):
     def __getattr__(self, name: str):
         if name in _DELEGATED:
             return getattr(self._inner, name)
+        if name in _SHARED_PARAMS and "_inner" in self.__dict__:
+            self._refresh_shared()  # the wrapped layer holds the truth (another clone may have patched it)
         return super().__getattr__(name)
 
     def __setattr__(self, name: str, value) -> None:
@@ -243,25 +182,69 @@ class BranchLoRALinear(torch.nn.Module):
             return
         super().__delattr__(name)
 
-    def _sync_shared(self) -> None:
-        """Hand the wrapped layer our Parameters again if a move replaced them (rare in torch)."""
+    def _refresh_shared(self) -> None:
+        """Take the wrapped layer's current weight and bias: while this proxy is out of the model
+        (another clone of the model loaded), ComfyUI patches and restores the layer itself."""
+        for name in _SHARED_PARAMS:
+            value = self._inner.__dict__.get("_parameters", {}).get(name)
+            if value is not None and self._parameters.get(name) is not value:
+                self._parameters[name] = value
+
+    def _apply(self, fn, recurse=True):
+        """Device and dtype moves go through this proxy: move the wrapped layer's own Parameters,
+        and hand it any Parameter the move replaced."""
+        self._refresh_shared()
+        result = super()._apply(fn, recurse)
         for name in _SHARED_PARAMS:
             ours = self._parameters.get(name)
             if ours is not None and getattr(self._inner, name, None) is not ours:
                 setattr(self._inner, name, ours)
+        return result
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down = self.lora_down.to(device=x.device, dtype=x.dtype)
         up = self.lora_up.to(device=x.device, dtype=x.dtype)
         return F.linear(F.linear(x, down), up) * self.scale
 
+    def _merged_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """A second copy of the weight with the LoRA merged in (rebuilt if the weight changes)."""
+        weight = self._parameters["weight"]
+        key = (weight.data_ptr(), weight._version, x.device, x.dtype)
+        if self._merged_cache is None or self._merged_cache[0] != key:
+            merged = weight.to(device=x.device, dtype=x.dtype) + self.delta_weight(x)
+            object.__setattr__(self, "_merged_cache", (key, merged))
+        return self._merged_cache[1]
+
+    def delta_weight(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.lora_up.to(device=x.device, dtype=x.dtype) @ self.lora_down.to(device=x.device, dtype=x.dtype)) * self.scale
+
+    def _use_merged(self) -> bool:
+        # In ComfyUI's low-VRAM mode the wrapped layer casts its weight and applies weight patches on
+        # the fly; a merged copy would miss them, so that case stays on the run-time path.
+        return self.merged and "weight" in self._parameters and not getattr(self._inner, "comfy_cast_weights", False)
+
+    def _forward_merged(self, x: torch.Tensor, rows: torch.Tensor | None, selector: "RowSelector") -> torch.Tensor:
+        bias = self._parameters.get("bias")
+        bias = None if bias is None else bias.to(device=x.device, dtype=x.dtype)
+        if rows is None:
+            return F.linear(x, self._merged_weight(x), bias)
+        if rows.numel() == 0:
+            return self._inner(x)
+        others = selector.complement(rows)
+        first = self._inner(x.index_select(0, others))
+        out = first.new_empty((x.shape[0], *first.shape[1:]))
+        out.index_copy_(0, others, first)
+        return out.index_copy_(0, rows, F.linear(x.index_select(0, rows), self._merged_weight(x), bias))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._sync_shared()
-        out = self._inner(x)
+        self._refresh_shared()
         call = _CURRENT_CALL.get()
         # called outside a wrapped UNet call: a plain batch
         selector = call.selector if call is not None else RowSelector(x.shape[0], 1, None, device=x.device)
         rows = selector.rows_for(self.branch)
+        if self._use_merged():
+            return self._forward_merged(x, rows, selector)
+        out = self._inner(x)
         if rows is None:
             return out.add_(self.delta(x))
         if rows.numel() == 0:
@@ -270,7 +253,7 @@ class BranchLoRALinear(torch.nn.Module):
         return out.index_add_(0, rows, self.delta(x.index_select(0, rows)))
 
     def extra_repr(self) -> str:
-        return f"branch={self.branch.value}, rank={self.lora_down.shape[0]}, scale={self.scale:g}"
+        return f"branch={self.branch.value}, rank={self.lora_down.shape[0]}, scale={self.scale:g}, merged={self.merged}"
 
 
 def compute_dtype(model: comfy.model_patcher.ModelPatcher) -> torch.dtype:
@@ -297,13 +280,14 @@ def _ensure_rows_wrapper(model: comfy.model_patcher.ModelPatcher) -> None:
 
 
 def apply_branch_lora(
-    model: comfy.model_patcher.ModelPatcher, lora: LoadedLoRA, branch: Branch, weight: float
+    model: comfy.model_patcher.ModelPatcher, lora: LoadedLoRA, branch: Branch, weight: float, merged: bool = False
 ) -> comfy.model_patcher.ModelPatcher:
     """A clone of ``model`` with ``lora`` at ``weight`` on ``branch``; ``model`` is not changed.
 
     Full deltas and adapters that are not plain Linear LoRAs cannot run per row: with branch
     `all` they become ordinary ComfyUI weight patches, otherwise they are refused (before
-    anything is applied)."""
+    anything is applied). ``merged`` keeps, per layer, a second copy of the weight with the LoRA
+    merged in for the branch's rows: faster, at the memory of that copy (see the benchmark)."""
     if lora.full_patches and branch is not Branch.ALL:
         raise ValueError(
             f"{lora.file_name}: {len(lora.full_patches)} of its weights are full deltas or non-Linear adapters, "
@@ -315,7 +299,7 @@ def apply_branch_lora(
     for path, factors in lora.low_rank.items():
         inner = patched.get_model_object(path)
         up, down = factors.up.to(dtype), factors.down.to(dtype)  # cast once here, not at every call
-        patched.add_object_patch(path, BranchLoRALinear(inner, up, down, factors.scale * weight, branch))
+        patched.add_object_patch(path, BranchLoRALinear(inner, up, down, factors.scale * weight, branch, merged))
     if lora.full_patches:
         applied = patched.add_patches(lora.full_patches, weight)
         if len(applied) != len(lora.full_patches):
@@ -368,11 +352,6 @@ def _attention(q, k, v, extra_options):
                                transformer_options=extra_options)
 
 
-def _stream_view(t: torch.Tensor, selector: RowSelector) -> torch.Tensor:
-    """``t [rows, ...]`` as ``[chunks, sets, streams, ...]`` (a view: rows are interleaved per chunk)."""
-    return t.view(selector.chunks, -1, len(selector.streams), *t.shape[1:])
-
-
 class _PriorReplace:
     """attn1/attn2 replace patch: reads the priors from q and k, then computes attention as before
     (through the replace patch that was there, if any)."""
@@ -384,7 +363,7 @@ class _PriorReplace:
         call = _CURRENT_CALL.get()
         if call is not None and call.run is not None and call.cond_chunk is not None:
             fg = call.selector.streams.index(Stream.FG)
-            q_fg, k_fg = (_stream_view(t, call.selector)[call.cond_chunk, :, fg] for t in (q, k))
+            q_fg, k_fg = (stream_view(t, call.selector)[call.cond_chunk, :, fg] for t in (q, k))
             heads, key = extra_options["n_heads"], _block_key(extra_options)
             if self.kind == "attn1" and call.extract and key == call.run.settings.structure_block:
                 grid = tuple(extra_options["activations_shape"][-2:])
@@ -416,7 +395,7 @@ class _BlendOutput:
         if self.kind == "attn2":
             run.recorder.soft[(key, run.step)] = soft.detach().view(-1, *grid).half()
         run.recorder.blended.add((self.kind, key))
-        streams = _stream_view(n, call.selector)  # [chunks, sets, 3, M, D]: each chunk with the same masks
+        streams = stream_view(n, call.selector)  # [chunks, sets, 3, M, D]: each chunk with the same masks
         fg, bg, bl = (streams[:, :, int(s)] for s in (Stream.FG, Stream.BG, Stream.BLEND))
         new = priors.blend(fg, bg, bl, soft, hard, run.settings.bg_mode, run.settings.switches)
         for s, value in zip((Stream.FG, Stream.BG, Stream.BLEND), new):  # n is to_out's fresh output

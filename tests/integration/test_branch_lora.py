@@ -147,3 +147,38 @@ def test_every_weight_of_the_layerdiffuse_file_is_patched_and_runs_on_full_depth
         for h in hooks:
             h.remove()
     assert called == targets
+
+
+def test_merged_copy_mode_equals_the_run_time_lora_on_its_rows(layered, attn, base):
+    run_time = sample(patching.apply_branch_lora(layered, attn, Branch.FG, 0.8), ROWS)
+    merged_model = patching.apply_branch_lora(layered, attn, Branch.FG, 0.8, merged=True)
+    merged = sample(merged_model, ROWS)
+    assert identical_rows(merged, base) == [1, 2, 4, 5], [(merged[r] - base[r]).abs().max().item() for r in range(ROWS)]
+    assert torch.allclose(merged, run_time, rtol=1e-4, atol=1e-4 * run_time.abs().max().item())
+    module = next(iter(patching.branch_patches(merged_model).values()))
+    assert module._merged_cache is not None  # the second copy exists (its memory is the option's cost)
+
+
+def test_merged_copy_follows_a_comfy_weight_patch(layered, attn, unet):
+    key = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
+    delta = torch.randn(unet.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(5)) * 0.5
+    patched = layered.clone()
+    patched.add_patches({key: ("diff", (delta,))}, 1.0)
+    run_time = sample(patching.apply_branch_lora(patched, attn, Branch.FG, 1.0), ROWS)
+    merged = sample(patching.apply_branch_lora(patched, attn, Branch.FG, 1.0, merged=True), ROWS)
+    assert torch.allclose(merged, run_time, rtol=1e-4, atol=1e-4 * run_time.abs().max().item())
+
+
+def test_a_lora_applied_while_another_patched_clone_is_loaded_uses_the_checkpoints_weights(layered, attn, base, unet):
+    """Regression: ComfyUI keeps the last model's weight patches applied between runs; a branch patch
+    made then must not keep that patched weight once the other clone is unloaded."""
+    key = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
+    delta = torch.randn(unet.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(6)) * 0.5
+    other = layered.clone()
+    other.add_patches({key: ("diff", (delta,))}, 1.0)
+    sample(patching.apply_branch_lora(other, attn, Branch.BG, 1.0), ROWS)  # leaves `other` patched in the model
+    for merged in (False, True):
+        made_now = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0, merged=merged)
+        sample(other, ROWS)
+        out = sample(made_now, ROWS)
+        assert identical_rows(out, base) == [1, 2, 4, 5], merged

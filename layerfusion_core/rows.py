@@ -1,0 +1,91 @@
+"""Which rows of a UNet call belong to which stream and LoRA branch (plain torch, no ComfyUI)."""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from .streams import STREAMS_PER_SET, Stream
+
+
+class Branch(str, enum.Enum):
+    FG = "fg"
+    BG = "bg"
+    BLEND = "blend"
+    ALL = "all"
+
+    @property
+    def stream(self) -> Stream | None:
+        return None if self is Branch.ALL else Stream[self.name]
+
+
+class BatchLayoutError(ValueError):
+    pass
+
+
+class RowSelector:
+    """The rows of one UNet call that each stream and branch owns.
+
+    ``rows`` is the batch size of the call and ``chunks`` the number of cond/uncond chunks in it
+    (row ``c * per_chunk + r`` is row ``r`` of chunk ``c``). ``streams`` lists the streams of a
+    chunk's rows in their repeating order: ``(FG, BG, BLEND)`` for a LayerFusion batch, ``(FG,)``
+    for the FG-only prior pass, None for a plain batch (where `fg` and `all` own every row).
+    """
+
+    def __init__(self, rows: int, chunks: int, streams: tuple[Stream, ...] | None, device: torch.device) -> None:
+        self.rows, self.chunks, self.streams, self.device = rows, max(chunks, 1), streams, device
+        self.per_chunk = rows // self.chunks
+        self._cache: dict[object, torch.Tensor | None] = {}
+        if streams is not None and (rows % self.chunks or self.per_chunk % len(streams)):
+            raise BatchLayoutError(
+                f"LayerFusion: the model runs the three-stream layout, but this latent batch has {rows // self.chunks} rows "
+                f"(seen as {rows} rows in {self.chunks} cond/uncond chunks), not {STREAMS_PER_SET} rows (fg, bg, blend) per layered set. "
+                "Start the latent with LayerFusion Empty Latent and do not change its batch size."
+            )
+
+    def rows_for(self, branch: Branch) -> torch.Tensor | None:
+        """Row indices ``[K]`` of ``branch`` (possibly none), or None for every row."""
+        if branch not in self._cache:
+            self._cache[branch] = self._branch_rows(branch)
+        return self._cache[branch]
+
+    def _branch_rows(self, branch: Branch) -> torch.Tensor | None:
+        if branch is Branch.ALL or (self.streams is None and branch is Branch.FG):
+            return None
+        if self.streams is None:
+            raise BatchLayoutError(
+                f"LayerFusion LoRA Apply: branch '{branch.value}' needs a LayerFusion batch (LayerFusion Apply on "
+                "this model, fed by LayerFusion Empty Latent); this model runs a plain batch. Use branch 'fg' or 'all'."
+            )
+        index = torch.arange(self.rows, device=self.device)
+        if branch.stream not in self.streams:
+            return index[:0]
+        period = len(self.streams)
+        return index[(index % self.per_chunk) % period == self.streams.index(branch.stream)]
+
+    def complement(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rows not in ``rows``."""
+        key = ("not", rows.data_ptr())
+        if key not in self._cache:
+            keep = torch.ones(self.rows, dtype=torch.bool, device=self.device)
+            keep[rows] = False
+            self._cache[key] = keep.nonzero().flatten()
+        return self._cache[key]
+
+    def stream_rows(self, stream: Stream, chunk: int) -> torch.Tensor:
+        """Rows ``[sets]`` of ``stream`` in chunk ``chunk`` (a layered batch only)."""
+        key = (stream, chunk)
+        if key not in self._cache:
+            period = len(self.streams)
+            start = chunk * self.per_chunk + self.streams.index(stream)
+            self._cache[key] = torch.arange(start, (chunk + 1) * self.per_chunk, period, device=self.device)
+        return self._cache[key]
+
+
+FULL_STREAMS: tuple[Stream, ...] = tuple(Stream)
+
+
+def stream_view(t: torch.Tensor, selector: RowSelector) -> torch.Tensor:
+    """``t [rows, ...]`` as ``[chunks, sets, streams, ...]`` (a view: rows are interleaved per chunk)."""
+    return t.view(selector.chunks, -1, len(selector.streams), *t.shape[1:])
