@@ -17,12 +17,13 @@ modules read it there, so nothing survives the call and no state lives on nodes 
 
 LayerFusion
 -----------
-`apply_layerfusion` adds, on a clone: an attn2 replace patch on every transformer block (the
-content-confidence prior, read from q and k before attention runs as it would have), an attn1
-replace patch on the structure block (the structure prior, once per generation), attn1/attn2
+`apply_layerfusion` adds, on a clone: attn1/attn2 patches (before the projections) that read
+the priors by projecting the FG cond rows alone with the block's own to_q and to_k (the content
+map in every block, the structure prior once per generation in the structure block), attn1/attn2
 output patches (the blends, after ``to_out``), and a SAMPLER_SAMPLE wrapper that holds one
-generation's `FusionRun` (in a context variable, for that run only) and runs the prior pass. A
-replace patch another pack had put on a block is called, not dropped.
+generation's `FusionRun` (in a context variable, for that run only) and runs the prior pass. It
+uses no replace slot: attention itself runs as ComfyUI (or another pack's replace patch) runs it,
+and no projected keys or values are kept alive longer than ComfyUI keeps them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class CallContext:
     blend_next: bool = False  # a later call may blend: keep the content maps of this one
     content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
     structure: dict[tuple[int, int], torch.Tensor] = dataclasses.field(default_factory=dict)  # s' per token grid
+    unet: torch.nn.Module | None = None  # the UNet running this call (to reach a block's projections)
 
     @property
     def cond_chunk(self) -> int | None:
@@ -100,7 +102,8 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
         rows = RowSelector(x.shape[0], chunks, FULL_STREAMS, x.device).rows_for(Branch.FG)
         batch = x.shape[0]
         extract, _ = run.begin_call(sigma)
-        call = CallContext(RowSelector(rows.numel(), chunks, (Stream.FG,), x.device), cond_or_uncond, run, extract)
+        call = CallContext(RowSelector(rows.numel(), chunks, (Stream.FG,), x.device), cond_or_uncond, run, extract,
+                           unet=getattr(executor, "class_obj", None))
         token = _CURRENT_CALL.set(call)
         try:
             fg_out = executor(*_take_rows((x, timesteps, context, y, control), rows, batch), transformer_options,
@@ -115,7 +118,8 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
     selector = RowSelector(x.shape[0], chunks, FULL_STREAMS if layered or run is not None else None, x.device)
     extract, blend = run.begin_call(sigma) if run is not None else (False, False)
     blend_next = run is not None and run.settings.switches.any and sigma >= run.sigma_blend_end
-    token = _CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend, blend_next))
+    token = _CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend, blend_next,
+                                          unet=getattr(executor, "class_obj", None)))
     try:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     finally:
@@ -345,35 +349,52 @@ def _block_key(extra_options: dict) -> BlockKey:
     return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
 
 
-def _attention(q, k, v, extra_options):
-    from comfy.ldm.modules.attention import optimized_attention
+def _attention_module(unet: torch.nn.Module, key: BlockKey, kind: str) -> torch.nn.Module:
+    """The CrossAttention ``attn1`` or ``attn2`` of the transformer block ComfyUI keys as ``key``."""
+    from comfy.ldm.modules.attention import SpatialTransformer
 
-    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-                               transformer_options=extra_options)
+    name, block_id, index = key
+    block = unet.middle_block if name == "middle" else (unet.input_blocks if name == "input" else unet.output_blocks)[block_id]
+    transformer = next(layer for layer in block if isinstance(layer, SpatialTransformer))
+    return getattr(transformer.transformer_blocks[index], kind)
 
 
-class _PriorReplace:
-    """attn1/attn2 replace patch: reads the priors from q and k, then computes attention as before
-    (through the replace patch that was there, if any)."""
+class _PriorProbe:
+    """attn1/attn2 patch (before the projections): reads the priors of the FG cond rows by projecting
+    those rows alone with the block's own to_q and to_k (the FG LoRA included), and leaves the
+    attention itself, and every replace slot, to ComfyUI."""
 
-    def __init__(self, kind: str, previous=None) -> None:
-        self.kind, self.previous = kind, previous
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
 
-    def __call__(self, q, k, v, extra_options):
+    def __call__(self, n, context, value, extra_options):
         call = _CURRENT_CALL.get()
-        if call is not None and call.run is not None and call.cond_chunk is not None:
-            fg = call.selector.streams.index(Stream.FG)
-            q_fg, k_fg = (stream_view(t, call.selector)[call.cond_chunk, :, fg] for t in (q, k))
-            heads, key = extra_options["n_heads"], _block_key(extra_options)
-            if self.kind == "attn1" and call.extract and key == call.run.settings.structure_block:
-                grid = tuple(extra_options["activations_shape"][-2:])
-                call.run.set_prior(priors.structure_prior(q_fg, k_fg, heads), grid)
-            elif self.kind == "attn2" and call.run.phase is Phase.JOINT and call.blend_next:
-                content = priors.content_confidence(q_fg, k_fg, heads, call.run.eos_index)
-                call.content[key] = call.run.last_content[key] = content
-        if self.previous is not None:
-            return self.previous(q, k, v, extra_options)
-        return _attention(q, k, v, extra_options)
+        if call is None or call.run is None or call.cond_chunk is None or call.unet is None:
+            return n, context, value
+        key = _block_key(extra_options)
+        if self.kind == "attn1":
+            wanted = call.extract and key == call.run.settings.structure_block
+        else:
+            wanted = call.run.phase is Phase.JOINT and call.blend_next
+        if wanted:
+            self._read(call, key, n, n if context is None else context, extra_options)
+        return n, context, value
+
+    def _read(self, call: CallContext, key: BlockKey, n, context, extra_options) -> None:
+        fg = call.selector.streams.index(Stream.FG)
+        n_fg, ctx_fg = (stream_view(t, call.selector)[call.cond_chunk, :, fg] for t in (n, context))
+        attention = _attention_module(call.unet, key, self.kind)
+        rows_only = dataclasses.replace(call, selector=RowSelector(n_fg.shape[0], 1, (Stream.FG,), n.device))
+        token = _CURRENT_CALL.set(rows_only)  # the projections' branch LoRAs see these rows as fg rows
+        try:
+            q, k = attention.to_q(n_fg), attention.to_k(ctx_fg)
+        finally:
+            _CURRENT_CALL.reset(token)
+        heads = extra_options["n_heads"]
+        if self.kind == "attn1":
+            call.run.set_prior(priors.structure_prior(q, k, heads), tuple(extra_options["activations_shape"][-2:]))
+        else:
+            call.content[key] = call.run.last_content[key] = priors.content_confidence(q, k, heads, call.run.eos_index)
 
 
 class _BlendOutput:
@@ -458,11 +479,6 @@ def transformer_keys(model: comfy.model_patcher.ModelPatcher) -> list[BlockKey]:
     return keys
 
 
-def _existing_replace(model: comfy.model_patcher.ModelPatcher, kind: str, key: BlockKey):
-    replaces = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
-    return replaces.get(key, replaces.get(key[:2]))
-
-
 def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionSettings) -> comfy.model_patcher.ModelPatcher:
     """A clone of an SDXL ``model`` that runs LayerFusion on [fg, bg, blend] * N batches."""
     import comfy.model_base
@@ -477,9 +493,8 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
     structure_block = settings.structure_block if settings.structure_block in keys else keys[-1]
     settings = dataclasses.replace(settings, structure_block=structure_block)
     patched = enable_layered_batch(model)
-    for key in keys:
-        patched.set_model_attn2_replace(_PriorReplace("attn2", _existing_replace(patched, "attn2", key)), *key)
-    patched.set_model_attn1_replace(_PriorReplace("attn1", _existing_replace(patched, "attn1", structure_block)), *structure_block)
+    patched.set_model_attn1_patch(_PriorProbe("attn1"))
+    patched.set_model_attn2_patch(_PriorProbe("attn2"))
     patched.set_model_attn1_output_patch(_BlendOutput("attn1"))
     patched.set_model_attn2_output_patch(_BlendOutput("attn2"))
     options = dict(patched.model_options["transformer_options"])
