@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 SETTINGS = {  # arch -> (latent side, steps, LoRA rank, timed repeats: the fastest counts)
-    "sdxl": (16, 3, 256, 2),
+    "sdxl": (16, 3, 256, 3),
     "depth1": (32, 6, 8, 5),
 }
 CASES = ("limit", "fusion", "fusion_prior_pass", "merged", "merged_copy", "sequential", "decode_batched", "decode_loop", "decode_off", "prior_memory")
@@ -210,19 +210,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=["sdxl", "depth1", "both"], default="both")
     parser.add_argument("--case", choices=CASES)
+    parser.add_argument("--again", nargs="*", metavar="ARCH:CASE",
+                        help="measure only these cases again (e.g. sdxl:limit sdxl:fusion) into bench/results.json")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, "depth1" if args.arch == "both" else args.arch)))
         return 0
     arches = ["sdxl", "depth1"] if args.arch == "both" else [args.arch]
     results = {"arch": {}, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, CPU only"}
+    if args.again:
+        results = json.loads((REPO / "bench" / "results.json").read_text())
+        for item in args.again:
+            arch, case = item.split(":")
+            print(f"[bench] {arch}: {case} (again)", file=sys.stderr)
+            results["arch"][arch][case] = run_in_subprocess(case, arch)
+        arches = []
     for arch in arches:
         results["arch"][arch] = {}
         for case in ("limit", "fusion", "fusion_prior_pass", "merged", "merged_copy", "sequential"):
             print(f"[bench] {arch}: {case}", file=sys.stderr)
             results["arch"][arch][case] = run_in_subprocess(case, arch)
-    results["decode"] = {case: run_in_subprocess(case, "depth1") for case in ("decode_batched", "decode_loop", "decode_off")}
-    results["prior"] = run_in_subprocess("prior_memory", "depth1")
+    if not args.again:
+        results["decode"] = {case: run_in_subprocess(case, "depth1") for case in ("decode_batched", "decode_loop", "decode_off")}
+        results["prior"] = run_in_subprocess("prior_memory", "depth1")
     rows = table(results)
     text = markdown(rows, results["machine"])
     print(text)
