@@ -123,8 +123,6 @@ def run_case(case: str, arch: str) -> dict:
 
     pos, neg = _conds(ctx, pooled, 3, 2), _conds(ctx, pooled, 3, 3)
     if case == "sequential":
-        import comfy.hooks  # noqa: F401
-
         one_pos, one_neg = _conds(ctx, pooled, 1, 2), _conds(ctx, pooled, 1, 3)
         fg = patching.apply_branch_lora(unet, lora, patching.Branch.FG, 1.0)
         runs = [(fg, one_pos, one_neg)]
