@@ -42,7 +42,7 @@ from . import priors
 from .fusion import BlockKey, FusionRun, FusionSettings, MaskRecorder, Phase
 from .lora_files import LoadedLoRA
 from .rows import FULL_STREAMS, BatchLayoutError, Branch, RowSelector, stream_view
-from .streams import Stream
+from .streams import STREAMS_PER_SET, Stream
 
 __all__ = ["BatchLayoutError", "Branch", "RowSelector"]  # re-exported: the row layout lives in rows.py
 
@@ -439,6 +439,11 @@ def _eos_index(guider) -> int:
 def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
     """SAMPLER_SAMPLE wrapper: one LayerFusion generation (the prior pass first, when chosen)."""
     patch: LayerFusionPatch = extra_args["model_options"]["transformer_options"][FUSION_OPTION]
+    if noise.shape[0] % STREAMS_PER_SET:  # before any step: the same check the first UNet call would make
+        raise BatchLayoutError(
+            f"LayerFusion Apply: the sampler's latent has {noise.shape[0]} rows, expected a multiple of {STREAMS_PER_SET} "
+            "(fg, bg, blend per layered set). Start it with LayerFusion Empty Latent and do not change its batch size."
+        )
     settings = patch.settings
     sampling = guider.inner_model.model_sampling
     steps = [float(s) for s in sigmas[:-1]]

@@ -1,4 +1,4 @@
-"""Reading weight files: safetensors only (no pickle is ever loaded), checked whole before use."""
+"""Reading weight files: safetensors only (no pickle is ever loaded), checked whole and finite before use."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except Exception as err:  # safetensors raises its own error types
         raise WeightFileError(f"{name}: could not be read as safetensors ({err}); download it again") from None
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightFileError(f"{name}: tensor {key} holds NaN or infinite values (a damaged file); download it again")
+    return tensors

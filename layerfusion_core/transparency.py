@@ -97,6 +97,17 @@ def latent_fits(latent: torch.Tensor, pixels: torch.Tensor, latent_scale: int = 
     return latent.shape[0] == pixels.shape[0] and tuple(latent.shape[-2:]) == (h / latent_scale, w / latent_scale)
 
 
+def same_aspect(latent: torch.Tensor, pixels: torch.Tensor, latent_scale: int = 8) -> bool:
+    """True when ``pixels [B, C, H, W]`` could be an upscale (or downscale) of the decode of
+    ``latent [B, 4, h, w]``: the same rows and the same aspect ratio, up to one latent cell."""
+    h, w = latent.shape[-2:]
+    big_h, big_w = pixels.shape[-2:]
+    if latent.shape[0] != pixels.shape[0] or not (h and w and big_h and big_w):
+        return False
+    factor = big_w / (w * latent_scale)
+    return abs(big_h - factor * h * latent_scale) <= factor * latent_scale
+
+
 def rgba_planes(image_bhwc: torch.Tensor, transparent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """An IMAGE ``[B, H, W, 3 or 4]`` (and optionally a MASK ``[B or 1, h, w]`` in ComfyUI's
     polarity, 1 = transparent, resized to the image) -> RGB ``[B, 3, H, W]`` and alpha

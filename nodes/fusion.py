@@ -9,7 +9,7 @@ from ..layerfusion_core import conditioning as cond_core
 from ..layerfusion_core import fusion, masks_view
 from ..layerfusion_core.patching import EOS_KEY, apply_layerfusion, fusion_patch
 from ..layerfusion_core.priors import BgMode, BlendSwitches
-from .common import CATEGORY, node_error
+from .common import CATEGORY, node_error, require_finite, require_sdxl
 from .previews import masks_preview
 
 CONDITIONING = "LayerFusion Conditioning"
@@ -107,6 +107,7 @@ class LayerFusionApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, d: float, prior_at: float, prior_mode: str, blend_start: float, blend_end: float,
                 bg_mode: str, blend_blend: bool, blend_fg: bool, blend_bg: bool) -> io.NodeOutput:
+        require_sdxl(APPLY, model)
         if blend_end < blend_start:
             raise node_error(APPLY, "blend_end", f"{blend_end} is before blend_start {blend_start}", "Make blend_end >= blend_start.")
         settings = fusion.FusionSettings(
@@ -149,6 +150,7 @@ class LayerFusionMasks(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, samples: dict, block: str, step: int, blend_image: torch.Tensor | None = None) -> io.NodeOutput:
+        require_finite(MASKS, "blend_image", blend_image)
         patch = fusion_patch(model)
         if patch is None:
             raise node_error(MASKS, "model", "has no LayerFusion Apply", "Connect the model that went into the sampler.")

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..layerfusion_core.latents import empty_layered_latent, split_layered_latent
 from ..layerfusion_core.streams import STREAMS_PER_SET, Stream
-from .common import CATEGORY, MAX_RESOLUTION, node_error
+from .common import CATEGORY, MAX_RESOLUTION, node_error, require_finite
 
 
 class LayerFusionEmptyLatent(io.ComfyNode):
@@ -56,6 +56,7 @@ class LayerFusionSplit(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent: dict) -> io.NodeOutput:
+        require_finite("LayerFusion Split", "latent", latent["samples"])
         rows = latent["samples"].shape[0]
         if rows % STREAMS_PER_SET:
             raise node_error(

@@ -9,7 +9,7 @@ from ..layerfusion_core import weight_files
 from ..layerfusion_core.lora_files import LoRAFileError, load_conditional
 from ..layerfusion_core.patching import layerdiffuse_conditional, unet_shapes
 from ..layerfusion_core.transparency import flatten_on_grey, rgba_planes
-from .common import CATEGORY, node_error
+from .common import CATEGORY, node_error, require_finite, require_sdxl
 
 COND = "LayerFusion LayerDiffuse Conditional"
 FLATTEN = "LayerFusion Flatten Alpha"
@@ -50,6 +50,12 @@ class LayerFusionLayerDiffuseCond(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, condition: dict, model_name: str, weight: float, stop_at: float,
                 condition_2: dict | None = None) -> io.NodeOutput:
+        require_sdxl(COND, model)
+        for name, latent in (("condition", condition), ("condition_2", condition_2)):
+            require_finite(COND, name, None if latent is None else latent["samples"])
+        for name, conds in (("positive", positive), ("negative", negative)):
+            for tensor, _ in conds:
+                require_finite(COND, name, tensor)
         try:
             lora, expected = load_conditional(weight_files.resolve(model_name, (weight_files.LAYER_MODEL_FOLDER,)), model.model,
                                               unet_shapes(model))
@@ -81,6 +87,8 @@ class LayerFusionFlattenAlpha(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: torch.Tensor, mask: torch.Tensor | None = None) -> io.NodeOutput:
+        require_finite(FLATTEN, "image", image)
+        require_finite(FLATTEN, "mask", mask)
         try:
             rgb, alpha = rgba_planes(image, mask)
         except ValueError as err:

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..layerfusion_core import weight_files
 from ..layerfusion_core.lora_files import LoRAFileError, load_lora
 from ..layerfusion_core.patching import Branch, apply_branch_lora, unet_shapes
-from .common import CATEGORY, node_error
+from .common import CATEGORY, node_error, require_sdxl
 
 NODE = "LayerFusion LoRA Apply"
 RUN_TIME, MERGED = "run-time", "merged copy"
@@ -52,6 +52,9 @@ class LayerFusionLoraApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name: str, branch: str, weight: float, lora_mode: str = RUN_TIME) -> io.NodeOutput:
+        known = weight_files.known_file(lora_name)
+        if known is not None and known.arch == "sdxl":
+            require_sdxl(NODE, model)
         try:
             path = weight_files.resolve(lora_name)
             lora = load_lora(path, model.model, unet_shapes(model))

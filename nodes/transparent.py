@@ -13,11 +13,11 @@ from ..layerfusion_core.latents import stream_inputs
 from ..layerfusion_core.safetensors_io import WeightFileError
 from ..layerfusion_core.streams import Stream
 from ..layerfusion_core.transparency import (
-    AUGMENTATIONS, IDENTITY, decode_rgba, flatten_on_grey, latent_fits, pad_rgb, rgba_planes,
+    AUGMENTATIONS, IDENTITY, decode_rgba, flatten_on_grey, latent_fits, pad_rgb, rgba_planes, same_aspect,
 )
 from ..layerfusion_core.transparent_vae import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
 from ..layerfusion_core.vae_models import load_managed, posterior_moments
-from .common import CATEGORY, node_error
+from .common import CATEGORY, node_error, require_finite
 from .previews import rgba_preview
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ ENCODER_FILE = "vae_transparent_encoder.safetensors"
 MASK_TRANSPARENT = "1 = transparent (ComfyUI)"
 MASK_OPAQUE = "1 = opaque (alpha)"
 STREAMS = ("fg", "bg", "blend", "all")
+LATENT_CHANNELS = 4  # SDXL
 
 
 def _file_input(name: str, default: str, tooltip: str) -> io.Combo.Input:
@@ -80,12 +81,21 @@ class LayerFusionTransparentDecode(io.ComfyNode):
     @classmethod
     def execute(cls, samples: dict, images: torch.Tensor, decoder_name: str, stream: str, augment: bool,
                 sub_batch_size: int, mask_polarity: str) -> io.NodeOutput:
+        require_finite(DECODE, "samples", samples["samples"])
+        require_finite(DECODE, "images", images)
+        if samples["samples"].ndim != 4 or samples["samples"].shape[1] != LATENT_CHANNELS:
+            raise node_error(DECODE, "samples", f"has shape {tuple(samples['samples'].shape)}, expected [B, {LATENT_CHANNELS}, h, w]",
+                             "The transparent decoder takes SDXL latents (4 channels); connect the SDXL sampler's latent.")
         try:
             latent, images = stream_inputs(samples, images, None if stream == "all" else Stream[stream.upper()])
         except ValueError as err:
             raise node_error(DECODE, "images", str(err), "Connect the VAE Decode of the same latent.") from None
         pixels = images[..., :3].movedim(-1, 1).float()
         if not latent_fits(latent, pixels):
+            if not same_aspect(latent, pixels):
+                raise node_error(DECODE, "images", f"are {pixels.shape[-1]}x{pixels.shape[-2]} pixels, the latent's decode would be "
+                                 f"{8 * latent.shape[-1]}x{8 * latent.shape[-2]} (another shape, not an upscale)",
+                                 "Connect the VAE Decode of the same latent (an upscale of it also works).")
             log.info("%s: latent %s does not match images %s (upscaled?): decoding from pixels alone",
                      DECODE, tuple(latent.shape), tuple(pixels.shape))
             latent = None
@@ -128,6 +138,8 @@ class LayerFusionTransparentEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: torch.Tensor, vae, encoder_name: str, mask: torch.Tensor | None = None) -> io.NodeOutput:
+        require_finite(ENCODE, "image", image)
+        require_finite(ENCODE, "mask", mask)
         try:
             rgb, alpha = rgba_planes(image, mask)
         except ValueError as err:

@@ -193,30 +193,23 @@ def test_another_packs_replace_patches_keep_working(tiny, conds):
 
 
 def test_clear_errors(tiny, conds):
-    with pytest.raises(patching.BatchLayoutError, match="this latent batch has 4 rows"):
-        sample(apply(tiny.model), conds, rows=4)
+    model = apply(tiny.model, prior_mode="in_run")
+    calls = []
+    hook = model.model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(patching.BatchLayoutError, match="the sampler's latent has 4 rows, expected a multiple of 3"):
+            sample(model, conds, rows=4)
+    finally:
+        hook.remove()
+    assert calls == [] and recorder(model).joint_calls == 0  # refused before any UNet call
     plain = tiny.clip.encode_from_tokens(tiny.clip.tokenize("a bottle"), return_pooled=True)
     stock = [[plain[0], {"pooled_output": plain[1]}]]
     with pytest.raises(ValueError, match="does not come from LayerFusion Conditioning"):
         sample(apply(tiny.model), (stock, stock))
-    with pytest.raises(ValueError, match="LayerFusion Apply: input 'model': expected an SDXL model"):
-        apply(tiny_sd15())
+    with pytest.raises(ValueError, match="LayerFusion Apply: input 'model': is a BaseModel model, expected SDXL"):
+        apply(tiny_sdxl.build_sd15_unet())
     with pytest.raises(ValueError, match="already went through LayerFusion Apply"):
         apply(apply(tiny.model))
-
-
-def tiny_sd15():
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-              "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1, 1],
-              "transformer_depth": [1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
-              "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 2, "num_head_channels": -1,
-              "transformer_depth_output": [1, 1, 1, 1], "use_temporal_attention": False, "use_temporal_resblock": False}
-    model_config = comfy.supported_models.SD15(config)
-    model_config.set_inference_dtype(torch.float32, None)
-    return comfy.model_patcher.ModelPatcher(model_config.get_model({}, device="cpu"), load_device="cpu", offload_device="cpu")
 
 
 def test_conditioning_layout_eos_and_long_prompts(tiny):

@@ -30,6 +30,53 @@ class LayerFusionTestTinySDXL(io.ComfyNode):
         return io.NodeOutput(built.model, built.clip, built.vae)
 
 
+class LayerFusionTestTinySD15(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionTestTinySD15",
+            display_name="LayerFusion (test) Tiny SD1.5",
+            category="LayerFusion/testing",
+            description="TEST ONLY: a tiny random-weight model of the SD1.5 architecture (not SDXL).",
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the random weights.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        return io.NodeOutput(tiny_sdxl.build_sd15_unet(seed))
+
+
+class LayerFusionTestPoison(io.ComfyNode):
+    """Puts one NaN or inf into a latent and an image, as a diverged sampler or an fp16 overflow would."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionTestPoison",
+            display_name="LayerFusion (test) Poison",
+            category="LayerFusion/testing",
+            description="TEST ONLY: copies of the inputs with one non-finite value.",
+            inputs=[
+                io.Combo.Input("value", options=["nan", "inf", "-inf"], tooltip="The value to put in."),
+                io.Latent.Input("latent", optional=True, tooltip="A latent to poison."),
+                io.Image.Input("image", optional=True, tooltip="An image to poison."),
+            ],
+            outputs=[io.Latent.Output(), io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, value: str, latent: dict | None = None, image=None) -> io.NodeOutput:
+        def poisoned(tensor):
+            if tensor is None:
+                return None
+            out = tensor.clone()
+            out.view(-1)[out.numel() // 2] = float(value)
+            return out
+
+        return io.NodeOutput(None if latent is None else {**latent, "samples": poisoned(latent["samples"])}, poisoned(image))
+
+
 class LayerFusionTestLayeredBatch(io.ComfyNode):
     """Marks a model's batches as the LayerFusion layout, as LayerFusion Apply will, with nothing else."""
 
@@ -55,4 +102,4 @@ class LayerFusionTestLayeredBatch(io.ComfyNode):
 
 class TestNodesExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LayerFusionTestTinySDXL, LayerFusionTestLayeredBatch]
+        return [LayerFusionTestTinySDXL, LayerFusionTestTinySD15, LayerFusionTestPoison, LayerFusionTestLayeredBatch]

@@ -88,6 +88,29 @@ def build_unet(variant: str = "depth1", seed: int = 0):
     )
 
 
+def build_sd15_unet(seed: int = 0):
+    """A ModelPatcher around a tiny ``model_base.BaseModel`` of the SD1.5 architecture (768-wide
+    text context, no pooled embedding): the model LayerFusion must refuse."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+              "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1, 1],
+              "transformer_depth": [1, 1], "channel_mult": [1, 2], "transformer_depth_middle": 1,
+              "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 2, "num_head_channels": -1,
+              "transformer_depth_output": [1, 1, 1, 1], "use_temporal_attention": False, "use_temporal_resblock": False}
+    model_config = comfy.supported_models.SD15(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device="cpu")
+    seeded_init_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
 def _clip_config(width: int, projection: bool) -> dict[str, Any]:
     config = {"num_hidden_layers": 3, "hidden_size": width, "num_attention_heads": 2, "intermediate_size": 2 * width}
     if projection:
