@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
+DOWNLOAD_ARGS ?= --list
 
-.PHONY: setup browser test test-unit test-integration test-e2e demo bench serve clean
+.PHONY: setup browser test test-unit test-integration test-e2e demo bench serve download clean
 
 setup:
 	@$(PYTHON) scripts/bootstrap.py setup
@@ -31,6 +32,9 @@ bench: setup
 
 serve: setup
 	$(VENV_PY) scripts/serve.py $(SERVE_ARGS)
+
+download: setup
+	$(VENV_PY) scripts/download_models.py $(DOWNLOAD_ARGS)
 
 clean:
 	rm -rf .venv .cache output .pytest_cache

@@ -14,8 +14,17 @@ import os
 LAYER_MODEL_FOLDER = "layer_model"
 LORA_FOLDER = "loras"
 SAFE_SUFFIXES = (".safetensors", ".sft")
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOWNLOAD_SCRIPT = os.path.join(PACK_DIR, "scripts", "download_models.py")  # the download helper
 HF_REPO = "LayerDiffusion/layerdiffusion-v1"
 HF_URL = "https://huggingface.co/" + HF_REPO + "/resolve/main/{name}"
+
+# TO BE FILLED IN: the 40-hex commit of LayerDiffusion/layerdiffusion-v1 that the download helper
+# (downloads.py, scripts/download_models.py) fetches, and, in the table below, each file's sha256 at
+# that commit. Neither was known when this was written (huggingface.co was unreachable), so none is
+# invented here: until both are set for a file, the helper refuses it unless asked to trust the
+# sha256 the Hub reports. Filling in these values is the only change needed to pin downloads.
+LAYERDIFFUSION_V1_REVISION: str | None = None
 
 
 class FileKind(enum.Enum):
@@ -32,11 +41,19 @@ class KnownFile:
     kind: FileKind
     arch: str  # "sdxl" or "sd15"
     size_mb: float  # as published
-    sha256: str | None = None  # None where no verified hash is known
+    sha256: str | None = None  # lower-case hex at `revision`; None where no verified hash is known
+    repo: str = HF_REPO  # the Hugging Face repository that publishes it
+    revision: str | None = LAYERDIFFUSION_V1_REVISION  # the pinned commit; None until filled in
 
     @property
     def url(self) -> str:
-        return HF_URL.format(name=self.name)
+        """Where users download it by hand (the repository's main branch)."""
+        return f"https://huggingface.co/{self.repo}/resolve/main/{self.name}"
+
+    @property
+    def pinned(self) -> bool:
+        """True when both the commit and the sha256 are known, so a download can be verified."""
+        return self.revision is not None and self.sha256 is not None
 
     @property
     def folder(self) -> str:
@@ -96,5 +113,10 @@ def resolve(file_name: str, folders: tuple[str, ...] = (LAYER_MODEL_FOLDER, LORA
             return folder_paths.get_full_path_or_raise(folder, file_name)
     known = known_file(file_name)
     where = f"ComfyUI/models/{LAYER_MODEL_FOLDER}/"
-    hint = f" Download it from {known.url} into {where}" if known else f" Put it in {where} or ComfyUI/models/{LORA_FOLDER}/"
+    if known is None:
+        hint = f" Put it in {where} or ComfyUI/models/{LORA_FOLDER}/"
+    else:
+        here = os.path.join(folder_paths.models_dir, known.folder)
+        hint = (f" Download it from {known.url} into {where} (here: {here}),"
+                f" or run `python {DOWNLOAD_SCRIPT} {known.name}`")
     raise FileNotFoundError(f"{file_name} is not in ComfyUI's {' or '.join(folders)} folders.{hint}, then refresh.")
