@@ -111,6 +111,11 @@ def resolve(file_name: str, folders: tuple[str, ...] = (LAYER_MODEL_FOLDER, LORA
     for folder in folders:
         if file_name in list_files(folder):
             return folder_paths.get_full_path_or_raise(folder, file_name)
+    if not file_name.lower().endswith(SAFE_SUFFIXES):
+        raise FileNotFoundError(
+            f"{file_name} is not a .safetensors file: only safetensors are read (no pickle is ever loaded). "
+            "Use the .safetensors version of the file, or convert it"
+        )
     known = known_file(file_name)
     where = f"ComfyUI/models/{LAYER_MODEL_FOLDER}/"
     if known is None:

@@ -72,3 +72,39 @@ def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboar
     near = lambda colour: (np.abs(frame - colour).max(axis=1) <= 12).mean()  # noqa: E731
     assert near(LIGHT) > 0.25 and near(DARK) > 0.25, (near(LIGHT), near(DARK))  # both squares of the checkerboard
     assert not new_errors, new_errors
+
+
+HOSTILE = '"><img src=x onerror="window.__layerfusion_pwned=1"><b class="injected">x</b>'
+
+
+def test_the_extension_inserts_no_html_from_execution_messages(server):
+    """File names in a node's execution message (which a custom filename_prefix or another pack can
+    shape) reach the page only as URL parameters, never as markup."""
+    with chromium_page() as (page, _errors):
+        open_comfy(page, server)
+        found = page.evaluate("""(hostile) => {
+            const results = {};
+            for (const [type, key, entry] of [
+                ['LayerFusionTransparentDecode', 'layerfusion_rgba', {filename: hostile, subfolder: hostile, type: 'temp'}],
+                ['LayerFusionMasks', 'layerfusion_masks', {soft: {filename: hostile, subfolder: '', type: 'temp'},
+                                                         blend: {filename: hostile, subfolder: hostile, type: 'temp'}}],
+            ]) {
+                const node = window.LiteGraph.createNode(type);
+                window.app.graph.add(node);
+                node.onExecuted({[key]: [entry]});
+                const box = node.widgets.find(w => w.name === 'layerfusion_preview').element;
+                results[type] = {
+                    injected: box.querySelectorAll('.injected, [onerror]').length,
+                    images: Array.from(box.querySelectorAll('img')).map(i => i.getAttribute('src')),
+                    text: box.textContent,
+                };
+            }
+            return results;
+        }""", HOSTILE)
+        page.wait_for_timeout(500)  # any onerror handler would have run by now
+        pwned = page.evaluate("() => window.__layerfusion_pwned === 1")
+    assert not pwned
+    for node_type, seen in found.items():
+        assert seen["injected"] == 0 and seen["text"] == "", (node_type, seen)
+        assert seen["images"] and all(src.startswith(("/view?", "/api/view?")) or "/view?" in src for src in seen["images"]), seen
+        assert all("%3Cimg" in src and "<" not in src for src in seen["images"]), seen  # the name only URL-encoded

@@ -39,3 +39,19 @@ def test_known_files_table_is_consistent():
     assert len(names) == len(set(names))
     attn = weight_files.known_file("some/dir/layer_xl_transparent_attn.safetensors")
     assert attn.kind is weight_files.FileKind.ATTENTION_LORA and attn.folder == "layer_model"
+
+
+def test_names_come_only_from_the_folder_lists_never_from_paths(tmp_path):
+    import folder_paths
+
+    inside = tmp_path / "models" / "layer_model"
+    inside.mkdir(parents=True)
+    (inside / "old_pickle.ckpt").write_bytes(b"")
+    outside = tmp_path / "models" / "outside.safetensors"  # exists, but in no folder list
+    outside.write_bytes(b"")
+    folder_paths.add_model_folder_path("layer_model", str(inside))
+    for name in ("../outside.safetensors", str(outside), f"{inside}/../outside.safetensors", "..\\outside.safetensors"):
+        with pytest.raises(FileNotFoundError, match="is not in ComfyUI's layer_model folders"):
+            weight_files.resolve(name, (weight_files.LAYER_MODEL_FOLDER,))
+    with pytest.raises(FileNotFoundError, match="not a .safetensors file: only safetensors are read"):
+        weight_files.resolve("old_pickle.ckpt", (weight_files.LAYER_MODEL_FOLDER,))
