@@ -213,7 +213,8 @@ class BranchLoRALinear(torch.nn.Module):
     def _merged_weight(self, x: torch.Tensor) -> torch.Tensor:
         """A second copy of the weight with the LoRA merged in (rebuilt if the weight changes)."""
         weight = self._parameters["weight"]
-        key = (weight.data_ptr(), weight._version, x.device, x.dtype)
+        # inference tensors (every weight ComfyUI's server loads, under torch.inference_mode) have no version counter
+        key = (weight.data_ptr(), None if weight.is_inference() else weight._version, x.device, x.dtype)
         if self._merged_cache is None or self._merged_cache[0] != key:
             merged = weight.to(device=x.device, dtype=x.dtype) + self.delta_weight(x)
             object.__setattr__(self, "_merged_cache", (key, merged))
@@ -277,6 +278,26 @@ def unet_shapes(model: comfy.model_patcher.ModelPatcher) -> dict[str, torch.Size
     return shapes
 
 
+MERGED_CACHE_KEY = "layerfusion.merged_copies"
+
+
+def _drop_merged_copies(model: comfy.model_patcher.ModelPatcher, *args) -> None:
+    """ON_PRE_RUN and ON_APPLY_HOOKS callback: forget the merged weights of the model's branch LoRAs.
+    ComfyUI changes weights in place (hook weight patches, as LayerDiffuse Conditional's, and their
+    restore) with no new tensor and no version count, so a merged copy is trusted only within one
+    run and one hook state; it is rebuilt at the next call."""
+    for module in model.object_patches.values():
+        while isinstance(module, BranchLoRALinear):
+            object.__setattr__(module, "_merged_cache", None)
+            module = module.inner
+
+
+def _ensure_merged_copies_dropped(model: comfy.model_patcher.ModelPatcher) -> None:
+    for kind in (comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS):
+        if not model.get_callbacks(kind, MERGED_CACHE_KEY):
+            model.add_callback_with_key(kind, MERGED_CACHE_KEY, _drop_merged_copies)
+
+
 def _ensure_rows_wrapper(model: comfy.model_patcher.ModelPatcher) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     if not model.get_wrappers(kind, ROWS_WRAPPER_KEY):
@@ -309,6 +330,8 @@ def apply_branch_lora(
         if len(applied) != len(lora.full_patches):
             raise ValueError(f"{lora.file_name}: ComfyUI accepted {len(applied)} of {len(lora.full_patches)} weight patches")
     _ensure_rows_wrapper(patched)
+    if merged:
+        _ensure_merged_copies_dropped(patched)
     log.info(
         "%s on branch %s at weight %g: %d weights at run time, %d as weight patches%s",
         lora.file_name, branch.value, weight, len(lora.low_rank), len(lora.full_patches),
