@@ -51,7 +51,8 @@ def structure_prior(q: torch.Tensor, k: torch.Tensor, heads: int, max_elements: 
     """``s' = 1 - norm(1 / sum_j m_ij^2)`` with ``m`` the head-averaged self-attention probabilities.
 
     Rows of ``m`` are computed a chunk at a time (``heads x rows x M`` at most ``max_elements``),
-    in float32. Returns ``[S, M]`` in [0, 1]."""
+    in float32. Returns ``[S, M]`` in [0, 1]; a map whose spread is below float32's resolution of
+    the sum (nearly flat attention) is 1 everywhere, like an exactly flat one."""
     qh, kh = _heads(q.float(), heads), _heads(k.float(), heads)
     scale = qh.shape[-1] ** -0.5
     m_tokens = qh.shape[2]
@@ -61,7 +62,11 @@ def structure_prior(q: torch.Tensor, k: torch.Tensor, heads: int, max_elements: 
         probs = torch.softmax(qh[:, :, start : start + rows] @ kh.transpose(-1, -2) * scale, dim=-1)  # [S, h, r, M]
         sums.append(probs.mean(dim=1).square().sum(dim=-1))  # [S, r]
     s = 1.0 / torch.cat(sums, dim=1).clamp_min(EPS)
-    return 1.0 - minmax_norm(s)
+    # Nearly flat attention: s varies less than float32 resolves over M summed terms; min-max would
+    # stretch rounding noise to [0, 1], so such a map counts as constant (s' = 1 everywhere).
+    lo, hi = s.amin(dim=-1, keepdim=True), s.amax(dim=-1, keepdim=True)
+    resolvable = (hi - lo) > hi * (4 * m_tokens * torch.finfo(torch.float32).eps)
+    return 1.0 - torch.where(resolvable, minmax_norm(s), torch.zeros_like(s))
 
 
 def content_confidence(q: torch.Tensor, k: torch.Tensor, heads: int, eos_index: int) -> torch.Tensor:

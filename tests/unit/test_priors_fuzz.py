@@ -211,11 +211,6 @@ def test_structure_prior_fuzz(att: Attention, chunk: int) -> None:
     assert bool(((got.double() - expected).abs() <= tol).all()), (got, expected, tol)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation, left for a method decision: for nearly flat attention rows the spread of s = 1 / sum m^2 is "
-    "below float32's rounding of s (~M ulps of M), far above EPS, so min-max turns rounding noise into a full-range "
-    "s'; exactly flat rows are fine (test_structure_prior_fuzz)"
-))
 def test_structure_prior_of_nearly_flat_rows_is_not_rounding_noise() -> None:
     heads, m_tokens, dim = 1, 256, 16
     q = torch.randn(1, m_tokens, dim, generator=gen(12)) * 1e-3
