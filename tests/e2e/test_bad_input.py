@@ -134,6 +134,25 @@ def test_decode_of_an_upscaled_image_still_works(server):
     server.run(decode_graph(standins.DECODER_FILE, image_size=(128, 128)))
 
 
+def test_a_condition_latent_of_another_size_than_the_generation_is_refused(server):
+    graph = {
+        "1": TINY,
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a table"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 48, "height": 48, "batch_size": 1}},
+        "5": {"class_type": "LayerFusionLayerDiffuseCond", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "condition": ["4", 0],
+            "model_name": "layer_xl_fg2ble.safetensors", "weight": 1.0, "stop_at": 1.0}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["5", 0], "positive": ["5", 1], "negative": ["5", 2], "latent_image": ["6", 0], "seed": 1, "steps": 2,
+            "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "bad_input"}},
+    }
+    message = run_error(server, graph)
+    assert "LayerFusion LayerDiffuse Conditional: the condition image is 48x48 but the generation is 64x64" in message
+
+
 # ---- weight files ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name,expected", [
     (standins.ENCODER_FILE, "vae_transparent_encoder.safetensors"),
