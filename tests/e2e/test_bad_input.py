@@ -236,3 +236,13 @@ def test_non_finite_inputs_are_reported_by_node_and_input(server, value):
 
 def test_the_server_works_after_the_errors(server, bad_files):
     server.run(decode_graph(standins.DECODER_FILE))
+
+
+def test_a_missing_file_says_which_where_and_how_to_get_it(server):
+    missing = "layer_xl_transparent_conv.safetensors"  # a known file the server does not have
+    graph = sampler_graph(["9", 0], {"class_type": "LayerFusionEmptyLatent", "inputs": {"width": 64, "height": 64, "sets": 1}})
+    graph["9"] = lora_node(["1", 0], missing)
+    message = run_error(server, graph)
+    assert f"LayerFusion LoRA Apply: input 'lora_name': {missing} is not in ComfyUI's layer_model or loras folders" in message
+    assert f"https://huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/{missing}" in message
+    assert str(server.models_dir / "layer_model") in message and f"download_models.py {missing}" in message
