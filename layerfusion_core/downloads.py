@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import NoReturn
 from urllib.parse import urlsplit
 
-from .weight_files import KNOWN_BY_NAME, PACK_DIR, KnownFile
+from .weight_files import CONVERT_SCRIPT, KNOWN_BY_NAME, PACK_DIR, KnownFile
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ def known_download(name: str) -> KnownFile:
     known = KNOWN_BY_NAME.get(name)
     if known is None:
         raise DownloadError(f"{name}: not a file this pack knows; known: {', '.join(sorted(KNOWN_BY_NAME))}")
+    if known.converted_from is not None:
+        raise DownloadError(f"{name}: is not published as such: download {known.converted_from} from {known.url} and convert "
+                            f"it with `python {CONVERT_SCRIPT} {known.converted_from}`")
     return known
 
 

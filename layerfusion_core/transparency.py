@@ -12,6 +12,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from .transparent_variants import SDXL, TransparentVariant
+
 # The 8 test-time augmentations: horizontal flip off/on x rotation by k * 90 degrees.
 AUGMENTATIONS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (False, True) for k in range(4))
 IDENTITY: tuple[tuple[bool, int], ...] = ((False, 0),)
@@ -51,12 +53,14 @@ def decode_rgba(
     augmentations: Iterable[tuple[bool, int]] = AUGMENTATIONS,
     sub_batch: int = 8,
     on_progress: Callable[[int], None] | None = None,
+    variant: TransparentVariant = SDXL,
 ) -> torch.Tensor:
-    """RGBA ``[B, 4, H, W]`` (R, G, B, straight alpha, in [0, 1]) from the SDXL VAE's RGB
-    ``pixels [B, 3, H, W]`` and the raw ``latent [B, 4, H/8, W/8]`` (None: decode from pixels
-    alone, with an all-zero latent; any H and W then).
+    """RGBA ``[B, 4, H, W]`` (R, G, B, straight alpha, in [0, 1]) from the base VAE's RGB
+    ``pixels [B, 3, H, W]`` and the raw ``latent [B, C, H/8, W/8]`` (C: the variant's latent
+    channels; None: decode from pixels alone, with an all-zero latent; any H and W then).
 
-    ``decoder(pixels, latent) -> [n, 4, h, w]`` ([alpha, R, G, B]) runs on each augmented variant
+    ``decoder(pixels, latent) -> [n, 4, h, w]`` (in ``variant.decoder_output_order``: SDXL
+    [alpha, R, G, B], FLUX [R, G, B, alpha]) runs on each augmented variant
     (padded to ``size_multiple``); each output is clipped to [0, 1], undone, and the per-pixel
     median of the variants is taken (torch's median: the lower of the two middle values for an
     even count). Variants run ``sub_batch`` at a time; ``on_progress(n)`` reports each finished one.
@@ -65,7 +69,7 @@ def decode_rgba(
     padded = pad_to_multiple(pixels, size_multiple)
     if latent is None:
         latent_size = (padded.shape[-2] // latent_scale, padded.shape[-1] // latent_scale)
-        padded_latent = pixels.new_zeros((b, 4, *latent_size))
+        padded_latent = pixels.new_zeros((b, variant.latent_channels, *latent_size))
     elif not latent_fits(latent, pixels, latent_scale):
         raise ValueError(f"latent {tuple(latent.shape)} does not fit pixels {tuple(pixels.shape)} at scale {latent_scale}")
     else:
@@ -87,8 +91,8 @@ def decode_rgba(
         if on_progress is not None:
             on_progress(len(chunk))
     stacked = torch.stack([torch.cat(r, dim=0) for r in results], dim=1)  # [V, B, 4, H, W]
-    alpha_rgb = stacked[0] if len(variants) == 1 else torch.median(stacked, dim=0).values
-    return torch.cat([alpha_rgb[:, 1:4], alpha_rgb[:, 0:1]], dim=1)
+    decoded = stacked[0] if len(variants) == 1 else torch.median(stacked, dim=0).values
+    return decoded[:, variant.to_rgba]
 
 
 def latent_fits(latent: torch.Tensor, pixels: torch.Tensor, latent_scale: int = 8) -> bool:
@@ -123,6 +127,18 @@ def rgba_planes(image_bhwc: torch.Tensor, transparent_mask: torch.Tensor | None 
     if image_bhwc.shape[-1] == 4:
         return rgb, image_bhwc[..., 3:4].movedim(-1, 1).float()
     return rgb, None
+
+
+def encoder_input(rgb: torch.Tensor, alpha: torch.Tensor, variant: TransparentVariant = SDXL) -> torch.Tensor:
+    """The latent-offset encoder's input ``[B, 4, H, W]``: alpha and the padded colour (`pad_rgb`)
+    in the variant's order (SDXL: alpha first; FLUX: colour first)."""
+    planes = {"a": alpha, "rgb": pad_rgb(rgb, alpha)}
+    return torch.cat([planes[p] for p in variant.encoder_planes()], dim=1)
+
+
+def offset_latent(mean: torch.Tensor, std: torch.Tensor, offset: torch.Tensor, variant: TransparentVariant = SDXL) -> torch.Tensor:
+    """The transparent latent ``mean + std * offset_scale * offset`` (raw VAE space, ``[B, C, h, w]``)."""
+    return mean + std * (offset * variant.offset_scale)
 
 
 def flatten_on_grey(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """LayerDiffuse's transparent VAE parts as torch modules, loadable from the published files by
 their own tensor names (no diffusers at run time).
 
-- `TransparentDecoder` ("UNet1024"): RGB ``[B, 3, H, W]`` in [0, 1] (the SDXL VAE's decode) and the
-  raw latent ``[B, 4, H/8, W/8]`` -> ``[B, 4, H, W]`` = [alpha, R, G, B] (unclipped). H and W must be
-  multiples of 64 (six downsamplings; `transparency.pad_to_multiple` pads).
-- `LatentOffsetEncoder`: [alpha, padded RGB] ``[B, 4, H, W]`` -> a latent offset ``[B, 4, H/8, W/8]``.
+- `TransparentDecoder` ("UNet1024"): RGB ``[B, 3, H, W]`` in [0, 1] (the base VAE's decode) and the
+  raw latent ``[B, C, H/8, W/8]`` -> ``[B, 4, H, W]`` in the variant's channel order (unclipped).
+  H and W must be multiples of 64 (six downsamplings; `transparency.pad_to_multiple` pads).
+- `LatentOffsetEncoder`: RGBA planes in the variant's input order ``[B, 4, H, W]`` -> a latent
+  offset ``[B, C, H/8, W/8]``.
 
+``C`` and the orders come from a `TransparentVariant` (SDXL: 4 channels, [alpha, R, G, B];
+FLUX: 16 channels, [R, G, B, alpha]), detected from a file's tensor shapes by `detect_variant`.
 Layers come from ``ops`` (ComfyUI's `comfy.ops.*` in the pack, plain `torch.nn` in unit tests).
 """
 
@@ -15,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .transparent_variants import SDXL, TransparentVariant
+
 BLOCK_CHANNELS: tuple[int, ...] = (32, 32, 64, 128, 256, 512, 512)
 ATTENTION_BLOCKS: frozenset[int] = frozenset({4, 5, 6})  # down blocks with self-attention (up: mirrored)
 LAYERS_PER_BLOCK = 2
@@ -22,7 +27,7 @@ NORM_GROUPS = 4
 NORM_EPS = 1e-5
 HEAD_DIM = 8
 LATENT_INJECT_BLOCK = 3  # latent features are added before this down block (1/8 resolution)
-LATENT_CHANNELS = 4
+LATENT_CHANNELS = SDXL.latent_channels  # the SDXL default
 SIZE_MULTIPLE = 2 ** (len(BLOCK_CHANNELS) - 1)  # 64
 
 
@@ -132,13 +137,14 @@ class MidBlock(nn.Module):
 class TransparentDecoder(nn.Module):
     """LayerDiffuse's transparent decoder (see the module docstring for shapes)."""
 
-    def __init__(self, ops=None) -> None:
+    def __init__(self, ops=None, variant: TransparentVariant = SDXL) -> None:
         super().__init__()
         ops = ops or nn
+        self.variant = variant
         ch = BLOCK_CHANNELS
         n = len(ch)
         self.conv_in = ops.Conv2d(3, ch[0], 3, padding=1)
-        self.latent_conv_in = ops.Conv2d(LATENT_CHANNELS, ch[LATENT_INJECT_BLOCK - 1], 1)
+        self.latent_conv_in = ops.Conv2d(variant.latent_channels, ch[LATENT_INJECT_BLOCK - 1], 1)
         self.down_blocks = nn.ModuleList(
             [DownBlock(ops, ch[max(i - 1, 0)], ch[i], i in ATTENTION_BLOCKS, i < n - 1) for i in range(n)]
         )
@@ -167,19 +173,22 @@ class TransparentDecoder(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
-ENCODER_CHANNELS: tuple[tuple[int, int, int], ...] = (  # (in, out, stride) of each 3x3 conv
+ENCODER_CHANNELS: tuple[tuple[int, int, int], ...] = (  # (in, out, stride) of each 3x3 conv; the last
     (4, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 4, 1),
-)
+)  # conv's out is the variant's latent channels (SDXL: 4, as here)
 
 
 class LatentOffsetEncoder(nn.Module):
     """LayerDiffuse's latent-offset encoder: convs with SiLU between (keys ``blocks.{0,2,...,16}``)."""
 
-    def __init__(self, ops=None) -> None:
+    def __init__(self, ops=None, variant: TransparentVariant = SDXL) -> None:
         super().__init__()
         ops = ops or nn
+        self.variant = variant
         layers: list[nn.Module] = []
         for i, (c_in, c_out, stride) in enumerate(ENCODER_CHANNELS):
+            if i == len(ENCODER_CHANNELS) - 1:
+                c_out = variant.latent_channels
             if i:
                 layers.append(nn.SiLU())
             layers.append(ops.Conv2d(c_in, c_out, 3, stride=stride, padding=1))

@@ -16,8 +16,17 @@ LORA_FOLDER = "loras"
 SAFE_SUFFIXES = (".safetensors", ".sft")
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOWNLOAD_SCRIPT = os.path.join(PACK_DIR, "scripts", "download_models.py")  # the download helper
+CONVERT_SCRIPT = os.path.join(PACK_DIR, "scripts", "convert_flux_transparent_vae.py")  # FLUX .pth -> safetensors
 HF_REPO = "LayerDiffusion/layerdiffusion-v1"
 HF_URL = "https://huggingface.co/" + HF_REPO + "/resolve/main/{name}"
+# The FLUX variant (RedAIGC's LayerDiffuse for FLUX.1-dev): its README says to download the
+# repository's files from this Hugging Face repository; the URL pattern below was not checked
+# here (huggingface.co is unreachable offline). It publishes TransparentVAE.pth (pickled: this
+# pack never unpickles it; the converter reads it with weights_only=True) and the FLUX LoRA
+# layerlora.safetensors (for ComfyUI's own LoRA loader, in models/loras).
+FLUX_HF_REPO = "RedAIGC/Flux-version-LayerDiffuse"
+FLUX_TRANSPARENT_VAE = "TransparentVAE.pth"
+FLUX_LORA = "layerlora.safetensors"
 
 # TO BE FILLED IN: the 40-hex commit of LayerDiffusion/layerdiffusion-v1 that the download helper
 # (downloads.py, scripts/download_models.py) fetches, and, in the table below, each file's sha256 at
@@ -44,11 +53,12 @@ class KnownFile:
     sha256: str | None = None  # lower-case hex at `revision`; None where no verified hash is known
     repo: str = HF_REPO  # the Hugging Face repository that publishes it
     revision: str | None = LAYERDIFFUSION_V1_REVISION  # the pinned commit; None until filled in
+    converted_from: str | None = None  # the published file this one is converted from (not downloadable itself)
 
     @property
     def url(self) -> str:
-        """Where users download it by hand (the repository's main branch)."""
-        return f"https://huggingface.co/{self.repo}/resolve/main/{self.name}"
+        """Where users download it (or, for a converted file, its source) by hand (the main branch)."""
+        return f"https://huggingface.co/{self.repo}/resolve/main/{self.converted_from or self.name}"
 
     @property
     def pinned(self) -> bool:
@@ -70,6 +80,12 @@ KNOWN_FILES: tuple[KnownFile, ...] = (
     KnownFile("layer_xl_fgble2bg.safetensors", FileKind.CONDITIONAL, "sdxl", 702),
     KnownFile("layer_xl_bgble2fg.safetensors", FileKind.CONDITIONAL, "sdxl", 3620),
     KnownFile("layer_sd15_transparent_attn.safetensors", FileKind.ATTENTION_LORA, "sd15", 0),
+    # FLUX: written by scripts/convert_flux_transparent_vae.py from the published pickled file (379 MB
+    # with the FLUX VAE it also holds, which is dropped); sizes are of the converted bf16 tensors.
+    KnownFile("vae_transparent_decoder_flux.safetensors", FileKind.DECODER, "flux", 208, repo=FLUX_HF_REPO,
+              revision=None, converted_from=FLUX_TRANSPARENT_VAE),
+    KnownFile("vae_transparent_encoder_flux.safetensors", FileKind.ENCODER, "flux", 2.4, repo=FLUX_HF_REPO,
+              revision=None, converted_from=FLUX_TRANSPARENT_VAE),
 )
 KNOWN_BY_NAME: dict[str, KnownFile] = {f.name: f for f in KNOWN_FILES}
 
@@ -120,6 +136,10 @@ def resolve(file_name: str, folders: tuple[str, ...] = (LAYER_MODEL_FOLDER, LORA
     where = f"ComfyUI/models/{LAYER_MODEL_FOLDER}/"
     if known is None:
         hint = f" Put it in {where} or ComfyUI/models/{LORA_FOLDER}/"
+    elif known.converted_from is not None:
+        here = os.path.join(folder_paths.models_dir, known.folder)
+        hint = (f" Download {known.converted_from} from {known.url} and convert it with"
+                f" `python {CONVERT_SCRIPT} {known.converted_from} --out-dir {here}`")
     else:
         here = os.path.join(folder_paths.models_dir, known.folder)
         hint = (f" Download it from {known.url} into {where} (here: {here}),"

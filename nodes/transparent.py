@@ -13,10 +13,11 @@ from ..layerfusion_core.latents import stream_inputs
 from ..layerfusion_core.safetensors_io import WeightFileError
 from ..layerfusion_core.streams import Stream
 from ..layerfusion_core.transparency import (
-    AUGMENTATIONS, IDENTITY, decode_rgba, flatten_on_grey, latent_fits, pad_rgb, rgba_planes, same_aspect,
+    AUGMENTATIONS, IDENTITY, decode_rgba, encoder_input, flatten_on_grey, latent_fits, offset_latent, rgba_planes, same_aspect,
 )
+from ..layerfusion_core.transparent_variants import BY_LATENT_CHANNELS, FLUX, SDXL, TransparentVariant
 from ..layerfusion_core.transparent_vae import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
-from ..layerfusion_core.vae_models import load_managed, posterior_moments
+from ..layerfusion_core.vae_models import ManagedModule, load_managed, posterior_moments
 from .common import CATEGORY, node_error, require_finite
 from .previews import rgba_preview
 
@@ -24,12 +25,13 @@ log = logging.getLogger(__name__)
 
 DECODE = "LayerFusion Transparent Decode"
 ENCODE = "LayerFusion Transparent Encode"
-DECODER_FILE = "vae_transparent_decoder.safetensors"
-ENCODER_FILE = "vae_transparent_encoder.safetensors"
+DECODER_FILE = SDXL.decoder_file
+ENCODER_FILE = SDXL.encoder_file
+DECODER_FILES = f"{SDXL.decoder_file} for SDXL, {FLUX.decoder_file} for FLUX"
+ENCODER_FILES = f"{SDXL.encoder_file} for SDXL, {FLUX.encoder_file} for FLUX"
 MASK_TRANSPARENT = "1 = transparent (ComfyUI)"
 MASK_OPAQUE = "1 = opaque (alpha)"
 STREAMS = ("fg", "bg", "blend", "all")
-LATENT_CHANNELS = 4  # SDXL
 
 
 def _file_input(name: str, default: str, tooltip: str) -> io.Combo.Input:
@@ -44,6 +46,24 @@ def _resolve(node: str, input_name: str, file_name: str) -> str:
         raise node_error(node, input_name, str(err), "Then choose it here.") from None
 
 
+def _load(node: str, input_name: str, module_cls: type, file_name: str, files: str) -> ManagedModule:
+    try:
+        return load_managed(module_cls, _resolve(node, input_name, file_name))
+    except WeightFileError as err:
+        raise node_error(node, input_name, str(err), f"Choose {files}.") from None
+
+
+def _latent_mismatch(node: str, input_name: str, channels: int | None, found: str, variant: TransparentVariant,
+                     file_input: str, file_name: str) -> ValueError:
+    """The error for a latent (or a VAE) of another model family than the transparent VAE file."""
+    other = BY_LATENT_CHANNELS.get(channels)
+    fix = f"{file_name} is the {variant.name} transparent VAE: connect {variant.base_vae}'s {variant.latent_channels}-channel latents"
+    if other is not None and other is not variant:
+        other_file = other.decoder_file if file_input == "decoder_name" else other.encoder_file
+        fix += f", or choose the {other.name} file ({other_file}) in '{file_input}'"
+    return node_error(node, input_name, f"{found}, expected {variant.latent_channels} ({variant.name}, as {file_name})", fix + ".")
+
+
 class LayerFusionTransparentDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -52,14 +72,15 @@ class LayerFusionTransparentDecode(io.ComfyNode):
             display_name=DECODE,
             category=CATEGORY,
             description=(
-                "Decode a transparent-foreground latent to RGBA with LayerDiffuse's transparent VAE decoder. Give it the "
-                "latent and the SDXL VAE's decode of that latent. Outputs the RGBA image (straight alpha; SaveImage writes "
+                "Decode a transparent-foreground latent to RGBA with LayerDiffuse's transparent VAE decoder (SDXL, or FLUX "
+                "with the FLUX decoder file). Give it the latent and the VAE's decode of that latent. Outputs the RGBA image (straight alpha; SaveImage writes "
                 "a transparent PNG), its RGB, and the alpha as a MASK."
             ),
             inputs=[
                 io.Latent.Input("samples", tooltip="The latent (a LayerFusion batch or a plain one)."),
-                io.Image.Input("images", tooltip="The SDXL VAE Decode of the same latent (all its rows, or only the chosen stream's)."),
-                _file_input("decoder_name", DECODER_FILE, f"The transparent decoder from models/layer_model ({DECODER_FILE})."),
+                io.Image.Input("images", tooltip="The VAE Decode of the same latent (SDXL or FLUX VAE; all its rows, or only the chosen stream's)."),
+                _file_input("decoder_name", DECODER_FILE, f"The transparent decoder from models/layer_model ({DECODER_FILES}; "
+                                                          "the variant is read from the file's tensors)."),
                 io.Combo.Input("stream", options=list(STREAMS), default="fg",
                                tooltip="For a LayerFusion batch: which stream's rows to decode (fg: the transparent foreground). "
                                        "A plain batch is decoded whole."),
@@ -83,9 +104,15 @@ class LayerFusionTransparentDecode(io.ComfyNode):
                 sub_batch_size: int, mask_polarity: str) -> io.NodeOutput:
         require_finite(DECODE, "samples", samples["samples"])
         require_finite(DECODE, "images", images)
-        if samples["samples"].ndim != 4 or samples["samples"].shape[1] != LATENT_CHANNELS:
-            raise node_error(DECODE, "samples", f"has shape {tuple(samples['samples'].shape)}, expected [B, {LATENT_CHANNELS}, h, w]",
-                             "The transparent decoder takes SDXL latents (4 channels); connect the SDXL sampler's latent.")
+        if samples["samples"].ndim != 4:
+            raise node_error(DECODE, "samples", f"has shape {tuple(samples['samples'].shape)}, expected [B, C, h, w] (an image latent)",
+                             "Connect the sampler's latent.")
+        decoder = _load(DECODE, "decoder_name", TransparentDecoder, decoder_name, DECODER_FILES)
+        variant = decoder.variant
+        if samples["samples"].shape[1] != variant.latent_channels:
+            channels = int(samples["samples"].shape[1])
+            raise _latent_mismatch(DECODE, "samples", channels, f"has {channels} latent channels (shape {tuple(samples['samples'].shape)})",
+                                   variant, "decoder_name", decoder_name)
         try:
             latent, images = stream_inputs(samples, images, None if stream == "all" else Stream[stream.upper()])
         except ValueError as err:
@@ -99,14 +126,11 @@ class LayerFusionTransparentDecode(io.ComfyNode):
             log.info("%s: latent %s does not match images %s (upscaled?): decoding from pixels alone",
                      DECODE, tuple(latent.shape), tuple(pixels.shape))
             latent = None
-        try:
-            decoder = load_managed(TransparentDecoder, _resolve(DECODE, "decoder_name", decoder_name))
-        except WeightFileError as err:
-            raise node_error(DECODE, "decoder_name", str(err), "Choose vae_transparent_decoder.safetensors.") from None
         variants = AUGMENTATIONS if augment else IDENTITY
         progress = comfy.utils.ProgressBar(pixels.shape[0] * len(variants))
         rgba = decode_rgba(decoder.run(), pixels, None if latent is None else latent.float(), size_multiple=SIZE_MULTIPLE,
-                           augmentations=variants, sub_batch=sub_batch_size, on_progress=progress.update)
+                           augmentations=variants, sub_batch=sub_batch_size, on_progress=progress.update,
+                           variant=variant)
         rgba = rgba.movedim(1, -1)
         alpha = rgba[..., 3]
         mask = 1.0 - alpha if mask_polarity == MASK_TRANSPARENT else alpha
@@ -122,13 +146,14 @@ class LayerFusionTransparentEncode(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Encode a transparent image (RGBA, or IMAGE + MASK) to a latent for img2img with the transparent foreground: "
-                "the SDXL VAE encodes the colour flattened onto 50% grey, and LayerDiffuse's latent-offset encoder adds "
-                "the transparency to that posterior."
+                "the VAE (SDXL's, or FLUX's with the FLUX encoder file) encodes the colour flattened onto 50% grey, and "
+                "LayerDiffuse's latent-offset encoder adds the transparency to that posterior."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="RGBA image (4 channels), or RGB with a mask."),
-                io.Vae.Input("vae", tooltip="The SDXL VAE."),
-                _file_input("encoder_name", ENCODER_FILE, f"The latent-offset encoder from models/layer_model ({ENCODER_FILE})."),
+                io.Vae.Input("vae", tooltip="The SDXL VAE, or the FLUX VAE (ae.safetensors) with the FLUX encoder file."),
+                _file_input("encoder_name", ENCODER_FILE, f"The latent-offset encoder from models/layer_model ({ENCODER_FILES}; "
+                                                          "the variant is read from the file's tensors)."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional transparency in ComfyUI's convention (1 = transparent, as LoadImage gives); "
                                       "it replaces the image's own alpha."),
@@ -151,13 +176,14 @@ class LayerFusionTransparentEncode(io.ComfyNode):
         if (h, w) != tuple(rgb.shape[-2:]):
             log.info("%s: cropping %s to %dx%d (multiples of 8)", ENCODE, tuple(rgb.shape[-2:]), h, w)
             rgb, alpha = rgb[..., :h, :w], alpha[..., :h, :w]
-        try:
-            encoder = load_managed(LatentOffsetEncoder, _resolve(ENCODE, "encoder_name", encoder_name))
-        except WeightFileError as err:
-            raise node_error(ENCODE, "encoder_name", str(err), "Choose vae_transparent_encoder.safetensors.") from None
+        encoder = _load(ENCODE, "encoder_name", LatentOffsetEncoder, encoder_name, ENCODER_FILES)
+        variant = encoder.variant
+        channels = getattr(vae, "latent_channels", None)
+        if channels != variant.latent_channels:
+            raise _latent_mismatch(ENCODE, "vae", channels, f"makes {channels}-channel latents", variant, "encoder_name", encoder_name)
         try:
             mean, std = posterior_moments(vae, flatten_on_grey(rgb, alpha))
         except TypeError as err:
-            raise node_error(ENCODE, "vae", str(err), "Connect the SDXL checkpoint's VAE.") from None
-        offset = encoder.run()(torch.cat([alpha, pad_rgb(rgb, alpha)], dim=1))
-        return io.NodeOutput({"samples": mean + std * offset})
+            raise node_error(ENCODE, "vae", str(err), f"Connect {variant.base_vae}.") from None
+        offset = encoder.run()(encoder_input(rgb, alpha, variant))
+        return io.NodeOutput({"samples": offset_latent(mean, std, offset, variant)})

@@ -35,6 +35,8 @@ def list_files(models_dir: str | None) -> None:
     for known in KNOWN_FILES:
         size = f"{known.size_mb:g} MB" if known.size_mb else "size unknown"
         pinned = "pinned" if known.pinned else "not pinned (needs --trust-hub-hash)"
+        if known.converted_from is not None:
+            pinned = f"not downloadable: convert {known.converted_from} with scripts/convert_flux_transparent_vae.py"
         here = ""
         if models is not None:
             here = ", present" if os.path.isfile(os.path.join(models, known.folder, known.name)) else ", missing"

@@ -127,7 +127,9 @@ def test_decode_refuses_images_of_another_shape_than_the_latent(server):
 def test_decode_refuses_a_latent_that_is_not_sdxl(server):
     latent = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
     message = run_error(server, decode_graph(standins.DECODER_FILE, latent=latent))
-    assert "LayerFusion Transparent Decode: input 'samples': has shape (1, 16, 8, 8), expected [B, 4, h, w]" in message
+    assert ("LayerFusion Transparent Decode: input 'samples': has 16 latent channels (shape (1, 16, 8, 8)), expected 4 "
+            "(SDXL, as vae_transparent_decoder.safetensors)") in message
+    assert "or choose the FLUX file (vae_transparent_decoder_flux.safetensors) in 'decoder_name'" in message
 
 
 def test_decode_of_an_upscaled_image_still_works(server):

@@ -127,3 +127,37 @@ def write_conditional_standins(layer_model_dir: Path, shapes: Mapping[str, torch
         paths[name] = layer_model_dir / name
         save_file(conditional_standin(shapes, conditions, seed=seed + i), str(paths[name]))
     return paths
+
+
+FLUX_PTH_LAYOUT = "TransparentVAE.pth (FLUX)"  # the layout's key for the published pickled file
+FLUX_DECODER_FILE = "vae_transparent_decoder_flux.safetensors"  # what the converter writes
+FLUX_ENCODER_FILE = "vae_transparent_encoder_flux.safetensors"
+FLUX_VAE_STANDIN = {"sd_vae.decoder.conv_in.weight": [8, 16, 3, 3], "sd_vae.encoder.conv_out.weight": [32, 8, 3, 3]}  # a token sd_vae.*
+
+
+def flux_part_standin(prefix: str, seed: int = 0, scale: float = 0.05, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The FLUX file's ``decoder.`` or ``encoder.`` tensors (real shapes), without the prefix."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name[len(prefix):]: _random(shape, gen, scale).to(dtype)
+            for name, shape in sorted(layout()[FLUX_PTH_LAYOUT].items()) if name.startswith(prefix)}
+
+
+def flux_pth_standin(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A stand-in of the published TransparentVAE.pth state dict: decoder.*, encoder.* (real names
+    and shapes, bfloat16 like the download) and a token sd_vae.* (the real file holds the FLUX VAE)."""
+    tensors = {f"decoder.{k}": v for k, v in flux_part_standin("decoder.", seed, dtype=torch.bfloat16).items()}
+    tensors.update({f"encoder.{k}": v for k, v in flux_part_standin("encoder.", seed + 1, dtype=torch.bfloat16).items()})
+    gen = torch.Generator().manual_seed(seed + 2)
+    tensors.update({k: _random(shape, gen, 0.05).to(torch.bfloat16) for k, shape in FLUX_VAE_STANDIN.items()})
+    return tensors
+
+
+def write_flux_standins(layer_model_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """The two converted FLUX files (as scripts/convert_flux_transparent_vae.py writes them) in ``layer_model_dir``."""
+    from safetensors.torch import save_file
+
+    layer_model_dir.mkdir(parents=True, exist_ok=True)
+    paths = {FLUX_DECODER_FILE: layer_model_dir / FLUX_DECODER_FILE, FLUX_ENCODER_FILE: layer_model_dir / FLUX_ENCODER_FILE}
+    save_file(flux_part_standin("decoder.", seed), str(paths[FLUX_DECODER_FILE]))
+    save_file(flux_part_standin("encoder.", seed + 1), str(paths[FLUX_ENCODER_FILE]))
+    return paths

@@ -246,7 +246,12 @@ def test_the_table_pins_are_well_formed_or_explicitly_missing():
     for known in weight_files.KNOWN_FILES:
         assert known.revision is None or (len(known.revision) == 40 and set(known.revision) <= set("0123456789abcdef"))
         assert known.sha256 is None or (len(known.sha256) == 64 and set(known.sha256) <= set("0123456789abcdef"))
-        assert known.repo == weight_files.HF_REPO and known.revision == weight_files.LAYERDIFFUSION_V1_REVISION
+        if known.converted_from is None:
+            assert known.repo == weight_files.HF_REPO and known.revision == weight_files.LAYERDIFFUSION_V1_REVISION
+        else:  # the FLUX files: converted from RedAIGC's pickled file, never downloaded as such
+            assert known.repo == weight_files.FLUX_HF_REPO and known.revision is None and known.sha256 is None
+            with pytest.raises(downloads.DownloadError, match="convert_flux_transparent_vae.py"):
+                downloads.known_download(known.name)
         assert known.pinned == (known.revision is not None and known.sha256 is not None)
 
 
