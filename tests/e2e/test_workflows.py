@@ -15,11 +15,14 @@ from support.workflows import API_DIR, on_tiny_model, output_paths
 
 TWINS = sorted(p.stem for p in API_DIR.glob("*.json"))
 TRANSPARENT_SOURCES = {"LayerFusionTransparentDecode"}
+MODEL_DIRECTORIES = ("checkpoints", "layer_model", "diffusion_models", "text_encoders", "vae", "loras")
+FLUX_FILE_INPUTS = {"UNETLoader": ["unet_name"], "DualCLIPLoader": ["clip_name1", "clip_name2"], "VAELoader": ["vae_name"],
+                    "LoraLoaderModelOnly": ["lora_name"]}
 
 
 def test_all_four_workflows_ship():
-    assert TWINS == ["layerdiffuse_bg_blend_fg", "layerdiffuse_fg_blend_bg", "layerfusion", "layerfusion_bg_style_lora",
-                     "transparent_foreground", "transparent_img2img"]
+    assert TWINS == ["flux_transparent", "layerdiffuse_bg_blend_fg", "layerdiffuse_fg_blend_bg", "layerfusion",
+                     "layerfusion_bg_style_lora", "transparent_foreground", "transparent_img2img"]
     assert all((API_DIR.parent / f"{name}.json").is_file() for name in TWINS)
 
 
@@ -64,9 +67,41 @@ def test_ui_workflow_is_its_twin_with_accepted_values(server, name):
     offered = {m["name"] for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])}
     assert widget_problems(rebuilt, info, offered) == []
     downloads = [m for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])]
-    assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] in ("checkpoints", "layer_model") for m in downloads)
+    assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] in MODEL_DIRECTORIES for m in downloads)
+    assert all(m["url"].endswith("/" + m["name"]) for m in downloads)  # the frontend saves the download under this name
 
 
 def test_workflows_are_in_the_template_browser(server):
     templates = server.get_json("/workflow_templates")
     assert sorted(templates[PACK_NAME]) == TWINS
+
+
+def test_the_flux_workflow_is_flux_dev_with_comfyuis_lora_loader_and_the_flux_decoder(server):
+    """Its structure: ComfyUI's own FLUX loaders and LoRA loader, a 16-channel latent, cfg 1 with
+    FluxGuidance, the FLUX decoder file; every downloadable model file has a properties.models entry."""
+    api = json.loads((API_DIR / "flux_transparent.json").read_text())
+    by_type = {node["class_type"]: node for node in api.values()}
+    assert by_type["DualCLIPLoader"]["inputs"]["type"] == "flux"
+    assert by_type["LoraLoaderModelOnly"]["inputs"]["lora_name"] == "layerlora.safetensors"
+    assert by_type["KSampler"]["inputs"]["cfg"] == 1.0 and by_type["KSampler"]["inputs"]["model"][0] == "layer_lora"
+    assert api[by_type["KSampler"]["inputs"]["latent_image"][0]]["class_type"] == "EmptySD3LatentImage"
+    assert api[by_type["KSampler"]["inputs"]["positive"][0]]["class_type"] == "FluxGuidance"
+    assert by_type["LayerFusionTransparentDecode"]["inputs"]["decoder_name"] == "vae_transparent_decoder_flux.safetensors"
+    ui = json.loads((API_DIR.parent / "flux_transparent.json").read_text())
+    entries = {m["name"]: m for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])}
+    files = {by_type[t]["inputs"][i] for t, inputs in FLUX_FILE_INPUTS.items() for i in inputs}
+    assert set(entries) == files  # the converted decoder has none: no URL gives it (see the README)
+    assert {entries[f]["directory"] for f in files} == {"diffusion_models", "text_encoders", "vae", "loras"}
+    assert entries["layerlora.safetensors"]["url"].startswith("https://huggingface.co/RedAIGC/Flux-version-LayerDiffuse/")
+
+
+def test_the_flux_workflow_applies_every_lora_key_on_the_tiny_flux_model(server):
+    from safetensors import safe_open
+
+    with safe_open(str(server.models_dir / "loras" / "layerlora.safetensors"), "pt") as f:
+        assert len(list(f.keys())) > 10  # diffusers-format lora_A/lora_B pairs on the tiny FLUX model's layers
+    before = server.log_text().count("lora key not loaded")
+    graph = on_tiny_model(json.loads((API_DIR / "flux_transparent.json").read_text()), size=64, steps=2)
+    graph["sample"]["inputs"]["seed"] = 7  # not cached from the other run
+    server.run(graph)
+    assert server.log_text().count("lora key not loaded") == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import tiny_sdxl
+from . import tiny_flux, tiny_sdxl
 from .layout import LAYOUT_OPTION
 
 
@@ -100,6 +100,59 @@ class LayerFusionTestLayeredBatch(io.ComfyNode):
         return io.NodeOutput(marked)
 
 
+def _seed_input() -> io.Int.Input:
+    return io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the random weights.")
+
+
+class LayerFusionTestTinyFluxModel(io.ComfyNode):
+    """Stands in for UNETLoader with FLUX.1-dev in a FLUX workflow."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionTestTinyFluxModel", display_name="LayerFusion (test) Tiny FLUX model",
+            category="LayerFusion/testing", description="TEST ONLY: ComfyUI's FLUX.1-dev model class at a tiny random-weight size.",
+            inputs=[_seed_input()], outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        return io.NodeOutput(tiny_flux.build_model(seed))
+
+
+class LayerFusionTestTinyFluxClip(io.ComfyNode):
+    """Stands in for DualCLIPLoader (clip_l + t5xxl, type flux)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionTestTinyFluxClip", display_name="LayerFusion (test) Tiny FLUX CLIP",
+            category="LayerFusion/testing", description="TEST ONLY: ComfyUI's FLUX CLIP (CLIP-L + T5, real tokenizers), narrowed.",
+            inputs=[_seed_input()], outputs=[io.Clip.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        return io.NodeOutput(tiny_flux.build_clip(seed))
+
+
+class LayerFusionTestTinyFluxVae(io.ComfyNode):
+    """Stands in for VAELoader with ae.safetensors."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionTestTinyFluxVae", display_name="LayerFusion (test) Tiny FLUX VAE",
+            category="LayerFusion/testing", description="TEST ONLY: a 16-channel VAE shaped like ComfyUI's FLUX VAE, narrowed.",
+            inputs=[_seed_input()], outputs=[io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        return io.NodeOutput(tiny_flux.build_vae(seed))
+
+
 class TestNodesExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LayerFusionTestTinySDXL, LayerFusionTestTinySD15, LayerFusionTestPoison, LayerFusionTestLayeredBatch]
+        return [LayerFusionTestTinySDXL, LayerFusionTestTinySD15, LayerFusionTestPoison, LayerFusionTestLayeredBatch,
+                LayerFusionTestTinyFluxModel, LayerFusionTestTinyFluxClip, LayerFusionTestTinyFluxVae]

@@ -161,3 +161,22 @@ def write_flux_standins(layer_model_dir: Path, seed: int = 0) -> dict[str, Path]
     save_file(flux_part_standin("decoder.", seed), str(paths[FLUX_DECODER_FILE]))
     save_file(flux_part_standin("encoder.", seed + 1), str(paths[FLUX_ENCODER_FILE]))
     return paths
+
+
+def flux_lora_standin(model_patcher, rank: int = 4, seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A diffusers-format FLUX LoRA (``transformer.<block>.lora_A/lora_B.weight``, the format of
+    LayerDiffuse's layerlora.safetensors) on every whole-weight linear layer ComfyUI's own FLUX key
+    map names for ``model_patcher``'s model (fused q/k/v slices are left out: their targets are tuples)."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    shapes = model_patcher.model.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for prefix, target in sorted(key_map.items()):
+        if not prefix.startswith("transformer.") or not isinstance(target, str) or target not in shapes or shapes[target].ndim != 2:
+            continue
+        rows, cols = shapes[target].shape
+        out[f"{prefix}.lora_A.weight"] = _random([rank, cols], gen, scale)
+        out[f"{prefix}.lora_B.weight"] = _random([rows, rank], gen, scale)
+    return out

@@ -16,6 +16,16 @@ MODEL_INPUTS = {  # input name -> models folder, for the frontend's missing-mode
     "ckpt_name": "checkpoints", "lora_name": "layer_model", "decoder_name": "layer_model", "encoder_name": "layer_model",
     "model_name": "layer_model",
 }
+FLUX_MODELS = {  # file name -> (download URL, models folder) of the FLUX workflow's files (URLs not checked offline)
+    "flux1-dev.safetensors": ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors", "diffusion_models"),
+    "clip_l.safetensors": ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors", "text_encoders"),
+    "t5xxl_fp16.safetensors": ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
+    "ae.safetensors": ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"),
+    "layerlora.safetensors": ("https://huggingface.co/RedAIGC/Flux-version-LayerDiffuse/resolve/main/layerlora.safetensors", "loras"),
+}
+# Files no URL can give: converted by the user from a published pickle (scripts/convert_flux_transparent_vae.py).
+# The frontend would save a download under the entry's name, so they get no properties.models entry.
+CONVERTED_MODELS = {"vae_transparent_decoder_flux.safetensors", "vae_transparent_encoder_flux.safetensors"}
 
 
 def _specs(info: dict[str, Any]) -> list[tuple[str, list]]:
@@ -43,6 +53,11 @@ def _widget_values(spec_name: str, spec: list, value: Any) -> list[Any]:
 
 
 def _model_entry(name: str, value: str) -> dict[str, str] | None:
+    if value in FLUX_MODELS:
+        url, directory = FLUX_MODELS[value]
+        return {"name": value, "url": url, "directory": directory}
+    if value in CONVERTED_MODELS:
+        return None
     folder = MODEL_INPUTS.get(name)
     if folder is None:
         return None

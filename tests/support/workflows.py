@@ -12,6 +12,11 @@ from .paths import REPO
 API_DIR = REPO / "example_workflows" / "api"
 TINY_LOADER = "LayerFusionTestTinySDXL"
 CHECKPOINT_LOADER = "CheckpointLoaderSimple"
+TINY_FLUX_LOADERS = {  # FLUX loaders in a shipped graph -> the tiny random-weight stand-in (same single output)
+    "UNETLoader": ("LayerFusionTestTinyFluxModel", "Tiny random-weight FLUX model (test model)"),
+    "DualCLIPLoader": ("LayerFusionTestTinyFluxClip", "Tiny random-weight FLUX CLIP (test model)"),
+    "VAELoader": ("LayerFusionTestTinyFluxVae", "Tiny random-weight FLUX VAE (test model)"),
+}
 
 
 def load_api(name: str) -> dict[str, Any]:
@@ -24,14 +29,19 @@ def nodes_of(graph: dict[str, Any], class_type: str) -> list[str]:
 
 def on_tiny_model(graph: dict[str, Any], *, size: int = 128, steps: int = 4, variant: str = "depth1") -> dict[str, Any]:
     """The same graph with every checkpoint loader replaced by the tiny random-weight SDXL loader
-    (same outputs: MODEL, CLIP, VAE), at a small size and few steps."""
+    (same outputs: MODEL, CLIP, VAE), and every FLUX loader (UNETLoader, DualCLIPLoader, VAELoader)
+    by its tiny random-weight FLUX stand-in, at a small size and few steps."""
     graph = copy.deepcopy(graph)
     loaders = nodes_of(graph, CHECKPOINT_LOADER)
-    if not loaders:
-        raise ValueError("the graph has no CheckpointLoaderSimple to stand the tiny model in for")
+    flux_loaders = [node_id for node_id, node in graph.items() if node["class_type"] in TINY_FLUX_LOADERS]
+    if not loaders and not flux_loaders:
+        raise ValueError("the graph has no CheckpointLoaderSimple nor FLUX loader to stand a tiny model in for")
     for node_id in loaders:
         graph[node_id] = {"class_type": TINY_LOADER, "inputs": {"variant": variant, "seed": 0},
                           "_meta": {"title": "Tiny random-weight SDXL (test model)"}}
+    for node_id in flux_loaders:
+        class_type, title = TINY_FLUX_LOADERS[graph[node_id]["class_type"]]
+        graph[node_id] = {"class_type": class_type, "inputs": {"seed": 0}, "_meta": {"title": title}}
     for node in graph.values():
         inputs = node["inputs"]
         for key in ("width", "height"):
