@@ -1,7 +1,7 @@
 """Transparent decode and encode maths as plain functions (tensors in, tensors out).
 
 Shapes: pixels/images ``[B, C, H, W]`` (NCHW) unless a name says ``bhwc``; latents
-``[B, 4, H/8, W/8]``; colours in [0, 1]; alpha straight (not premultiplied).
+``[B, C, H/8, W/8]`` (C: 4 for SDXL, 16 for FLUX); colours in [0, 1]; alpha straight (not premultiplied).
 """
 
 from __future__ import annotations
@@ -96,14 +96,14 @@ def decode_rgba(
 
 
 def latent_fits(latent: torch.Tensor, pixels: torch.Tensor, latent_scale: int = 8) -> bool:
-    """True when ``latent [B, 4, h, w]`` is the latent of ``pixels [B, C, h * scale, w * scale]``."""
+    """True when ``latent [B, C, h, w]`` is the latent of ``pixels [B, C, h * scale, w * scale]``."""
     h, w = pixels.shape[-2:]
     return latent.shape[0] == pixels.shape[0] and tuple(latent.shape[-2:]) == (h / latent_scale, w / latent_scale)
 
 
 def same_aspect(latent: torch.Tensor, pixels: torch.Tensor, latent_scale: int = 8) -> bool:
     """True when ``pixels [B, C, H, W]`` could be an upscale (or downscale) of the decode of
-    ``latent [B, 4, h, w]``: the same rows and the same aspect ratio, up to one latent cell."""
+    ``latent [B, C, h, w]``: the same rows and the same aspect ratio, up to one latent cell."""
     h, w = latent.shape[-2:]
     big_h, big_w = pixels.shape[-2:]
     if latent.shape[0] != pixels.shape[0] or not (h and w and big_h and big_w):

@@ -2,7 +2,9 @@
 
 One table (`KNOWN_FILES`) describes every file this pack knows; the `layer_model` model folder is
 registered with ComfyUI's folder_paths (entries in extra_model_paths.yaml keep working). Only
-safetensors files are ever listed or read: no pickle is ever loaded.
+safetensors files are ever listed or read: no pickle is ever loaded (the FLUX files are converted
+from a published pickle by scripts/convert_flux_transparent_vae.py, which reads it only with
+torch.load(weights_only=True)).
 """
 
 from __future__ import annotations

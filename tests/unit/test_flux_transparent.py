@@ -4,6 +4,7 @@ the pickled TransparentVAE.pth (weights_only, refusing anything but a flat dict 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -24,7 +25,6 @@ from layerfusion_testnodes import standins
 from support.paths import REPO
 
 SCRIPT = REPO / "scripts" / "convert_flux_transparent_vae.py"
-MARKER_ENV = "LAYERFUSION_TEST_MARKER"
 
 
 def flux_layout(prefix: str) -> dict[str, list[int]]:
@@ -37,14 +37,8 @@ def test_the_table_holds_what_differs_between_sdxl_and_flux():
     assert (FLUX.latent_channels, FLUX.decoder_output_order, FLUX.encoder_input_order, FLUX.offset_scale) == (16, "rgba", "rgba", 300.0)
     assert SDXL.to_rgba == [1, 2, 3, 0] and FLUX.to_rgba == [0, 1, 2, 3]
     assert SDXL.encoder_planes() == ["a", "rgb"] and FLUX.encoder_planes() == ["rgb", "a"]
-    with pytest.raises(dataclasses_frozen_error()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         FLUX.latent_channels = 4  # type: ignore[misc]
-
-
-def dataclasses_frozen_error() -> type[Exception]:
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 @pytest.mark.parametrize("module_cls,variant,real", [
@@ -168,6 +162,7 @@ class Payload:
         return (_record_that_it_ran, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the protocol-5 file, before refusing it
 def test_an_arbitrary_pickled_object_is_refused_and_never_executed(tmp_path):
     marker = tmp_path / "ran.txt"
     path = tmp_path / "TransparentVAE.pth"
