@@ -28,3 +28,18 @@ def tiny_full_unet():
     from layerfusion_testnodes import tiny_sdxl
 
     return tiny_sdxl.build_unet("full", seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_folders_restored():
+    """Each test module leaves ComfyUI's model folder registry as it found it: folders a module
+    registers (a layer_model of stand-ins, say) never leak into the next module's file lists."""
+    import copy
+
+    import folder_paths
+
+    saved = copy.deepcopy(folder_paths.folder_names_and_paths)
+    yield
+    folder_paths.folder_names_and_paths.clear()
+    folder_paths.folder_names_and_paths.update(saved)
+    folder_paths.filename_list_cache.clear()
