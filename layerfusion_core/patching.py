@@ -281,21 +281,36 @@ def unet_shapes(model: comfy.model_patcher.ModelPatcher) -> dict[str, torch.Size
 MERGED_CACHE_KEY = "layerfusion.merged_copies"
 
 
-def _drop_merged_copies(model: comfy.model_patcher.ModelPatcher, *args) -> None:
-    """ON_PRE_RUN and ON_APPLY_HOOKS callback: forget the merged weights of the model's branch LoRAs.
-    ComfyUI changes weights in place (hook weight patches, as LayerDiffuse Conditional's, and their
-    restore) with no new tensor and no version count, so a merged copy is trusted only within one
-    run and one hook state; it is rebuilt at the next call."""
+def _branch_loras(model: comfy.model_patcher.ModelPatcher):
     for module in model.object_patches.values():
         while isinstance(module, BranchLoRALinear):
-            object.__setattr__(module, "_merged_cache", None)
+            yield module
             module = module.inner
 
 
-def _ensure_merged_copies_dropped(model: comfy.model_patcher.ModelPatcher) -> None:
-    for kind in (comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS):
+def _on_apply_hooks(model: comfy.model_patcher.ModelPatcher, hooks=None) -> None:
+    """ON_APPLY_HOOKS callback: ComfyUI has just changed weights in place for hook patches (as
+    LayerDiffuse Conditional's keyframes do), with no new tensor and no version count: forget the
+    merged copies, and remember that the next ones are built on hooked weights."""
+    for module in _branch_loras(model):
+        object.__setattr__(module, "_merged_cache", None)
+        object.__setattr__(module, "_merged_on_hooks", hooks is not None)
+
+
+def _on_pre_run(model: comfy.model_patcher.ModelPatcher, *args) -> None:
+    """ON_PRE_RUN callback: merged copies built on hooked weights are stale once ComfyUI has put
+    the weights back in place after that run; others stay valid (their key tracks the weight)."""
+    for module in _branch_loras(model):
+        if module.__dict__.get("_merged_on_hooks"):
+            object.__setattr__(module, "_merged_cache", None)
+            object.__setattr__(module, "_merged_on_hooks", False)
+
+
+def _ensure_merged_copies_tracked(model: comfy.model_patcher.ModelPatcher) -> None:
+    for kind, callback in ((comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, _on_pre_run),
+                           (comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS, _on_apply_hooks)):
         if not model.get_callbacks(kind, MERGED_CACHE_KEY):
-            model.add_callback_with_key(kind, MERGED_CACHE_KEY, _drop_merged_copies)
+            model.add_callback_with_key(kind, MERGED_CACHE_KEY, callback)
 
 
 def _ensure_rows_wrapper(model: comfy.model_patcher.ModelPatcher) -> None:
@@ -331,7 +346,7 @@ def apply_branch_lora(
             raise ValueError(f"{lora.file_name}: ComfyUI accepted {len(applied)} of {len(lora.full_patches)} weight patches")
     _ensure_rows_wrapper(patched)
     if merged:
-        _ensure_merged_copies_dropped(patched)
+        _ensure_merged_copies_tracked(patched)
     log.info(
         "%s on branch %s at weight %g: %d weights at run time, %d as weight patches%s",
         lora.file_name, branch.value, weight, len(lora.low_rank), len(lora.full_patches),

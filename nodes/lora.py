@@ -44,7 +44,9 @@ class LayerFusionLoraApply(io.ComfyNode):
                 io.Combo.Input("lora_mode", options=list(LORA_MODES), default=RUN_TIME,
                                tooltip="run-time: the LoRA is computed on the branch's rows at every step, no extra weights "
                                        "(least memory). merged copy: a second copy of each patched weight with the LoRA merged "
-                                       "in (for the layer file: the 560 attention weights), faster, at that copy's memory.",
+                                       "in (for the layer file: the 560 attention weights), at that copy's memory; it saves the LoRA's "
+                                       "extra matmuls, which pays where compute rather than memory bandwidth limits (large "
+                                       "images on a GPU). On the project's CPU benchmark it was not faster (README).",
                                optional=True),
             ],
             outputs=[io.Model.Output(tooltip="A copy of the model with the LoRA on the chosen branch.")],

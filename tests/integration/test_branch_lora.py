@@ -157,6 +157,9 @@ def test_merged_copy_mode_equals_the_run_time_lora_on_its_rows(layered, attn, ba
     assert torch.allclose(merged, run_time, rtol=1e-4, atol=1e-4 * run_time.abs().max().item())
     module = next(iter(patching.branch_patches(merged_model).values()))
     assert module._merged_cache is not None  # the second copy exists (its memory is the option's cost)
+    copy = module._merged_cache[1]
+    assert torch.equal(sample(merged_model, ROWS), merged)
+    assert module._merged_cache[1] is copy  # not rebuilt by the next run: nothing changed the weight in place
 
 
 def test_merged_copy_follows_a_comfy_weight_patch(layered, attn, unet):
