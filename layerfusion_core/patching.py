@@ -5,7 +5,7 @@ Per-branch LoRA at run time
 ---------------------------
 ComfyUI's weight patches change a weight for the whole batch, and its per-cond LoRA hooks run
 each hook group as a separate UNet call (which would break the exchange between streams). So a
-branch LoRA is an *object patch* of each target Linear: `BranchLoRALinear` computes
+branch LoRA is an *object patch* of each target Linear: `BranchLoRALinear` (branch_lora.py) computes
 ``inner(x)`` and adds ``scale * (x @ down^T) @ up^T`` on the rows of its branch only; the base
 weights stay shared by all streams. Chained LoRAs stack (each wraps what was there).
 
@@ -33,18 +33,19 @@ import dataclasses
 import logging
 
 import torch
-import torch.nn.functional as F
 
 import comfy.model_patcher
 import comfy.patcher_extension
 
 from . import priors
+from .branch_lora import BranchLoRALinear
+from .calls import CURRENT_CALL, CallContext
 from .fusion import BlockKey, FusionRun, FusionSettings, MaskRecorder, Phase
 from .lora_files import LoadedLoRA
 from .rows import FULL_STREAMS, BatchLayoutError, Branch, RowSelector, stream_view
 from .streams import STREAMS_PER_SET, Stream
 
-__all__ = ["BatchLayoutError", "Branch", "RowSelector"]  # re-exported: the row layout lives in rows.py
+__all__ = ["BatchLayoutError", "Branch", "BranchLoRALinear", "RowSelector"]  # re-exported from rows.py and branch_lora.py
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +53,6 @@ LAYOUT_OPTION = "layerfusion_layout"  # transformer_options flag: the batch is [
 ROWS_WRAPPER_KEY = "layerfusion.rows"
 
 
-@dataclasses.dataclass
-class CallContext:
-    """What the patches of one UNet call need: its rows and, in a LayerFusion run, what to do."""
-
-    selector: RowSelector
-    cond_or_uncond: list[int]
-    run: FusionRun | None = None
-    extract: bool = False
-    blend: bool = False
-    blend_next: bool = False  # a later call may blend: keep the content maps of this one
-    content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
-    structure: dict[tuple[int, int], torch.Tensor] = dataclasses.field(default_factory=dict)  # s' per token grid
-    unet: torch.nn.Module | None = None  # the UNet running this call (to reach a block's projections)
-
-    @property
-    def cond_chunk(self) -> int | None:
-        return self.cond_or_uncond.index(0) if 0 in self.cond_or_uncond else None
-
-
-_CURRENT_CALL: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("layerfusion_call", default=None)
 _CURRENT_RUN: contextvars.ContextVar[FusionRun | None] = contextvars.ContextVar("layerfusion_run", default=None)
 
 
@@ -104,12 +85,12 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
         extract, _ = run.begin_call(sigma)
         call = CallContext(RowSelector(rows.numel(), chunks, (Stream.FG,), x.device), cond_or_uncond, run, extract,
                            unet=getattr(executor, "class_obj", None))
-        token = _CURRENT_CALL.set(call)
+        token = CURRENT_CALL.set(call)
         try:
             fg_out = executor(*_take_rows((x, timesteps, context, y, control), rows, batch), transformer_options,
                               **_take_rows(kwargs, rows, batch))
         finally:
-            _CURRENT_CALL.reset(token)
+            CURRENT_CALL.reset(token)
         if run.prior is not None:
             raise _PriorReady
         out = torch.zeros_like(x)
@@ -118,147 +99,12 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
     selector = RowSelector(x.shape[0], chunks, FULL_STREAMS if layered or run is not None else None, x.device)
     extract, blend = run.begin_call(sigma) if run is not None else (False, False)
     blend_next = run is not None and run.settings.switches.any and sigma >= run.sigma_blend_end
-    token = _CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend, blend_next,
+    token = CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend, blend_next,
                                           unet=getattr(executor, "class_obj", None)))
     try:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     finally:
-        _CURRENT_CALL.reset(token)
-
-
-# Attributes ComfyUI's model management reads and writes on a patched layer: the proxy hands them
-# to the layer it wraps, so weight patches (LoraLoader), low-VRAM casting and offloading keep
-# working on a layer that also carries a branch LoRA.
-_DELEGATED = frozenset(
-    {"comfy_cast_weights", "prev_comfy_cast_weights", "weight_function", "bias_function", "comfy_patched_weights"}
-)
-_SHARED_PARAMS = ("weight", "bias")
-
-
-class BranchLoRALinear(torch.nn.Module):
-    """``inner(x) + scale * (x @ down^T) @ up^T`` on the rows of ``branch`` (x: ``[B, ..., in]``).
-
-    A transparent proxy for the Linear it replaces: it registers that layer's own ``weight`` and
-    ``bias`` Parameters (the same objects) under the same path, so ComfyUI finds, loads, offloads
-    and weight-patches them as before, and it forwards ComfyUI's per-layer bookkeeping to the
-    wrapped layer, whose own forward (and casting) computes the base output. The wrapped layer is
-    held outside the module tree, so it is not listed twice. The factors are ``lora_up`` ``[out, r]``
-    and ``lora_down`` ``[r, in]``.
-    """
-
-    def __init__(self, inner: torch.nn.Module, up: torch.Tensor, down: torch.Tensor, scale: float, branch: Branch,
-                 merged: bool = False) -> None:
-        super().__init__()
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_merged_cache", None)  # (key, W + scale * up @ down) in the compute dtype
-        for name in _SHARED_PARAMS:
-            value = getattr(inner, name, None)
-            if value is not None:
-                self._parameters[name] = value
-        self.lora_up = torch.nn.Parameter(up, requires_grad=False)
-        self.lora_down = torch.nn.Parameter(down, requires_grad=False)
-        self.scale = float(scale)
-        self.branch = branch
-        self.merged = merged
-
-    @property
-    def inner(self) -> torch.nn.Module:
-        return self._inner
-
-    def __getattr__(self, name: str):
-        if name in _DELEGATED:
-            return getattr(self._inner, name)
-        if name in _SHARED_PARAMS and "_inner" in self.__dict__:
-            self._refresh_shared()  # the wrapped layer holds the truth (another clone may have patched it)
-        return super().__getattr__(name)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _DELEGATED:
-            setattr(self._inner, name, value)
-            return
-        if name in _SHARED_PARAMS and "_inner" in self.__dict__:
-            setattr(self._inner, name, value)
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name: str) -> None:
-        if name in _DELEGATED:
-            delattr(self._inner, name)
-            return
-        super().__delattr__(name)
-
-    def _refresh_shared(self) -> None:
-        """Take the wrapped layer's current weight and bias: while this proxy is out of the model
-        (another clone of the model loaded), ComfyUI patches and restores the layer itself."""
-        for name in _SHARED_PARAMS:
-            value = self._inner.__dict__.get("_parameters", {}).get(name)
-            if value is not None and self._parameters.get(name) is not value:
-                self._parameters[name] = value
-
-    def _apply(self, fn, recurse=True):
-        """Device and dtype moves go through this proxy: move the wrapped layer's own Parameters,
-        and hand it any Parameter the move replaced."""
-        self._refresh_shared()
-        result = super()._apply(fn, recurse)
-        for name in _SHARED_PARAMS:
-            ours = self._parameters.get(name)
-            if ours is not None and getattr(self._inner, name, None) is not ours:
-                setattr(self._inner, name, ours)
-        return result
-
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        down = self.lora_down.to(device=x.device, dtype=x.dtype)
-        up = self.lora_up.to(device=x.device, dtype=x.dtype)
-        return F.linear(F.linear(x, down), up) * self.scale
-
-    def _merged_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """A second copy of the weight with the LoRA merged in (rebuilt if the weight changes)."""
-        weight = self._parameters["weight"]
-        # inference tensors (every weight ComfyUI's server loads, under torch.inference_mode) have no version counter
-        key = (weight.data_ptr(), None if weight.is_inference() else weight._version, x.device, x.dtype)
-        if self._merged_cache is None or self._merged_cache[0] != key:
-            merged = weight.to(device=x.device, dtype=x.dtype) + self.delta_weight(x)
-            object.__setattr__(self, "_merged_cache", (key, merged))
-        return self._merged_cache[1]
-
-    def delta_weight(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.lora_up.to(device=x.device, dtype=x.dtype) @ self.lora_down.to(device=x.device, dtype=x.dtype)) * self.scale
-
-    def _use_merged(self) -> bool:
-        # In ComfyUI's low-VRAM mode the wrapped layer casts its weight and applies weight patches on
-        # the fly; a merged copy would miss them, so that case stays on the run-time path.
-        return self.merged and "weight" in self._parameters and not getattr(self._inner, "comfy_cast_weights", False)
-
-    def _forward_merged(self, x: torch.Tensor, rows: torch.Tensor | None, selector: "RowSelector") -> torch.Tensor:
-        bias = self._parameters.get("bias")
-        bias = None if bias is None else bias.to(device=x.device, dtype=x.dtype)
-        if rows is None:
-            return F.linear(x, self._merged_weight(x), bias)
-        if rows.numel() == 0:
-            return self._inner(x)
-        others = selector.complement(rows)
-        first = self._inner(x.index_select(0, others))
-        out = first.new_empty((x.shape[0], *first.shape[1:]))
-        out.index_copy_(0, others, first)
-        return out.index_copy_(0, rows, F.linear(x.index_select(0, rows), self._merged_weight(x), bias))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._refresh_shared()
-        call = _CURRENT_CALL.get()
-        # called outside a wrapped UNet call: a plain batch
-        selector = call.selector if call is not None else RowSelector(x.shape[0], 1, None, device=x.device)
-        rows = selector.rows_for(self.branch)
-        if self._use_merged():
-            return self._forward_merged(x, rows, selector)
-        out = self._inner(x)
-        if rows is None:
-            return out.add_(self.delta(x))
-        if rows.numel() == 0:
-            return out
-        # `out` is the fresh output of the wrapped layer: adding in place saves a copy per layer
-        return out.index_add_(0, rows, self.delta(x.index_select(0, rows)))
-
-    def extra_repr(self) -> str:
-        return f"branch={self.branch.value}, rank={self.lora_down.shape[0]}, scale={self.scale:g}, merged={self.merged}"
+        CURRENT_CALL.reset(token)
 
 
 def compute_dtype(model: comfy.model_patcher.ModelPatcher) -> torch.dtype:
@@ -406,7 +252,7 @@ class _PriorProbe:
         self.kind = kind
 
     def __call__(self, n, context, value, extra_options):
-        call = _CURRENT_CALL.get()
+        call = CURRENT_CALL.get()
         if call is None or call.run is None or call.cond_chunk is None or call.unet is None:
             return n, context, value
         key = _block_key(extra_options)
@@ -423,11 +269,11 @@ class _PriorProbe:
         n_fg, ctx_fg = (stream_view(t, call.selector)[call.cond_chunk, :, fg] for t in (n, context))
         attention = _attention_module(call.unet, key, self.kind)
         rows_only = dataclasses.replace(call, selector=RowSelector(n_fg.shape[0], 1, (Stream.FG,), n.device))
-        token = _CURRENT_CALL.set(rows_only)  # the projections' branch LoRAs see these rows as fg rows
+        token = CURRENT_CALL.set(rows_only)  # the projections' branch LoRAs see these rows as fg rows
         try:
             q, k = attention.to_q(n_fg), attention.to_k(ctx_fg)
         finally:
-            _CURRENT_CALL.reset(token)
+            CURRENT_CALL.reset(token)
         heads = extra_options["n_heads"]
         if self.kind == "attn1":
             call.run.set_prior(priors.structure_prior(q, k, heads), tuple(extra_options["activations_shape"][-2:]))
@@ -442,7 +288,7 @@ class _BlendOutput:
         self.kind = kind
 
     def __call__(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        call = _CURRENT_CALL.get()
+        call = CURRENT_CALL.get()
         if call is None or not call.blend:
             return n
         run, key = call.run, _block_key(extra_options)
