@@ -106,11 +106,12 @@ def _build(module_cls: type[torch.nn.Module], path: str) -> torch.nn.Module:
     variant = module_variant(module_cls, name, got)
     import comfy.ops
 
-    module = module_cls(ops=comfy.ops.disable_weight_init, variant=variant)
-    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    problem = layout_problem(wanted, got, expected_file(module_cls, variant).kind.value)
+    # The file is checked against the layout itself, not against a freshly built module: with current
+    # ComfyUI's dynamic VRAM, comfy.ops layers hold no weight until they are loaded.
+    problem = layout_problem(expected_shapes(module_cls, variant), got, expected_file(module_cls, variant).kind.value)
     if problem is not None:
         raise WeightFileError(f"{name}: {problem}{_expected_text(module_cls)}")
+    module = module_cls(ops=comfy.ops.disable_weight_init, variant=variant)
     module.load_state_dict(tensors, strict=True)
     return module.eval()
 
