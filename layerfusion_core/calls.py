@@ -1,6 +1,7 @@
 """What the patches of one UNet call share: the call's rows (which stream and branch owns each)
-and, in a LayerFusion run, what to do in it. `patching`'s DIFFUSION_MODEL wrapper sets
-`CURRENT_CALL` for the duration of one call only; the patch modules read it there."""
+and, in a LayerFusion run, what to do in it. `patching`'s DIFFUSION_MODEL wrapper hands it to the
+call's transformer_options (the attention patches read it there) and sets `CURRENT_CALL`, on the
+thread running that call and for its duration only, for the branch LoRA layers (which see no options)."""
 
 from __future__ import annotations
 

@@ -76,6 +76,7 @@ class FusionRun:
     prior_grid: tuple[int, int] | None = None
     last_content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
     step: int = -1  # index of the current UNet call in the current phase
+    blend_calls: int = 0  # joint-run UNet calls that blended (each must reach every block)
 
     def begin_call(self, sigma: float) -> tuple[bool, bool]:
         """Start a UNet call at ``sigma``: returns (extract the prior in it, blend in it)."""

@@ -12,8 +12,10 @@ weights stay shared by all streams. Chained LoRAs stack (each wraps what was the
 Which rows belong to which branch is decided once per UNet call by a DIFFUSION_MODEL wrapper
 (`_on_unet_call`), from the batch size, ``cond_or_uncond`` and whether the model runs the
 LayerFusion layout (``transformer_options[LAYOUT_OPTION]``, set by `enable_layered_batch`). The
-wrapper publishes it through a context variable for the duration of that call only: the patch
-modules read it there, so nothing survives the call and no state lives on nodes or in globals.
+wrapper hands it to the call in its transformer_options (``CALL_OPTION``: the attention patches
+read it from their ``extra_options``) and, for the branch LoRA layers, which see no options, in a
+context variable set on the thread that runs the call, for that call only: nothing survives the
+call and no state lives on nodes or in globals.
 
 LayerFusion
 -----------
@@ -21,14 +23,15 @@ LayerFusion
 the priors by projecting the FG cond rows alone with the block's own to_q and to_k (the content
 map in every block, the structure prior once per generation in the structure block), attn1/attn2
 output patches (the blends, after ``to_out``), and a SAMPLER_SAMPLE wrapper that holds one
-generation's `FusionRun` (in a context variable, for that run only) and runs the prior pass. It
+generation's `FusionRun` (in the run's own copy of transformer_options, ``RUN_OPTION``, which
+ComfyUI hands to every UNet call on whatever thread runs it) and runs the prior pass. After each
+run it checks that every patch ran (`HookPointError` otherwise: no silent no-op). It
 uses no replace slot: attention itself runs as ComfyUI (or another pack's replace patch) runs it,
 and no projected keys or values are kept alive longer than ComfyUI keeps them.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
 
@@ -53,7 +56,8 @@ LAYOUT_OPTION = "layerfusion_layout"  # transformer_options flag: the batch is [
 ROWS_WRAPPER_KEY = "layerfusion.rows"
 
 
-_CURRENT_RUN: contextvars.ContextVar[FusionRun | None] = contextvars.ContextVar("layerfusion_run", default=None)
+RUN_OPTION = "layerfusion_run"  # transformer_options of one sampling run: its FusionRun
+CALL_OPTION = "layerfusion_call"  # transformer_options of one UNet call: its CallContext
 
 
 class _PriorReady(Exception):
@@ -76,7 +80,7 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
     decide extraction and blending; in the prior pass, run the FG rows alone."""
     cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0]))
     chunks = len(cond_or_uncond)
-    run = _CURRENT_RUN.get()
+    run = transformer_options.get(RUN_OPTION)
     layered = bool(transformer_options.get(LAYOUT_OPTION))
     sigma = float(transformer_options["sigmas"].max()) if "sigmas" in transformer_options else float("inf")
     if run is not None and run.phase is Phase.PRIOR_PASS:
@@ -87,8 +91,8 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
                            unet=getattr(executor, "class_obj", None))
         token = CURRENT_CALL.set(call)
         try:
-            fg_out = executor(*_take_rows((x, timesteps, context, y, control), rows, batch), transformer_options,
-                              **_take_rows(kwargs, rows, batch))
+            fg_out = executor(*_take_rows((x, timesteps, context, y, control), rows, batch),
+                              {**transformer_options, CALL_OPTION: call}, **_take_rows(kwargs, rows, batch))
         finally:
             CURRENT_CALL.reset(token)
         if run.prior is not None:
@@ -99,10 +103,12 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
     selector = RowSelector(x.shape[0], chunks, FULL_STREAMS if layered or run is not None else None, x.device)
     extract, blend = run.begin_call(sigma) if run is not None else (False, False)
     blend_next = run is not None and run.settings.switches.any and sigma >= run.sigma_blend_end
-    token = CURRENT_CALL.set(CallContext(selector, cond_or_uncond, run, extract, blend, blend_next,
-                                          unet=getattr(executor, "class_obj", None)))
+    call = CallContext(selector, cond_or_uncond, run, extract, blend, blend_next, unet=getattr(executor, "class_obj", None))
+    if blend:
+        run.blend_calls += 1
+    token = CURRENT_CALL.set(call)
     try:
-        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        return executor(x, timesteps, context, y, control, {**transformer_options, CALL_OPTION: call}, **kwargs)
     finally:
         CURRENT_CALL.reset(token)
 
@@ -226,6 +232,7 @@ FUSION_WRAPPER_KEY = "layerfusion.fusion"
 class LayerFusionPatch:
     settings: FusionSettings
     recorder: MaskRecorder
+    keys: tuple[BlockKey, ...] = ()  # every transformer block, where each run must have blended
 
 
 def _block_key(extra_options: dict) -> BlockKey:
@@ -252,7 +259,7 @@ class _PriorProbe:
         self.kind = kind
 
     def __call__(self, n, context, value, extra_options):
-        call = CURRENT_CALL.get()
+        call = extra_options.get(CALL_OPTION)
         if call is None or call.run is None or call.cond_chunk is None or call.unet is None:
             return n, context, value
         key = _block_key(extra_options)
@@ -288,7 +295,7 @@ class _BlendOutput:
         self.kind = kind
 
     def __call__(self, n: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        call = CURRENT_CALL.get()
+        call = extra_options.get(CALL_OPTION)
         if call is None or not call.blend:
             return n
         run, key = call.run, _block_key(extra_options)
@@ -320,13 +327,62 @@ def _eos_index(guider) -> int:
     )
 
 
+class HookPointError(RuntimeError):
+    """A patch the pack registered with ComfyUI did not run: never a silent no-op."""
+
+
+def host_version() -> str:
+    """The running ComfyUI's version (for errors about its hook points)."""
+    try:
+        import comfyui_version
+
+        return str(comfyui_version.__version__)
+    except Exception:  # noqa: BLE001 - any host without the module
+        return "unknown"
+
+
+def _check_fusion_ran(run: FusionRun, keys: tuple[BlockKey, ...], calls: int) -> None:
+    """After a LayerFusion run (or its prior pass, of ``calls`` UNet calls seen): the wrapper saw
+    the UNet calls, the prior was taken, and every transformer block blended in attn1 and attn2
+    whenever a call blended. Raises `HookPointError`."""
+    where = f"on ComfyUI {host_version()}"
+    if calls == 0:
+        raise HookPointError(
+            f"LayerFusion Apply: the sampler ran the UNet without LayerFusion's DIFFUSION_MODEL wrapper {where}, so "
+            "nothing was blended and the three streams ran independently. Please report this with your ComfyUI version."
+        )
+    if run.prior is None:
+        raise HookPointError(
+            f"LayerFusion Apply: the structure prior was never taken {where}: the attn1 patch of block "
+            f"{run.settings.structure_block} did not run. Please report this with your ComfyUI version."
+        )
+    if run.blend_calls:
+        missing = [(kind, key) for key in keys for kind in ("attn1", "attn2") if (kind, key) not in run.recorder.blended]
+        if missing:
+            raise HookPointError(
+                f"LayerFusion Apply: the blend did not run in {len(missing)} of {2 * len(keys)} attention layers {where} "
+                f"(e.g. {missing[0][0]} of block {missing[0][1]}): ComfyUI did not call the pack's attention output "
+                "patches there. Please report this with your ComfyUI version."
+            )
+
+
 def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
-    """SAMPLER_SAMPLE wrapper: one LayerFusion generation (the prior pass first, when chosen)."""
-    patch: LayerFusionPatch = extra_args["model_options"]["transformer_options"][FUSION_OPTION]
+    """SAMPLER_SAMPLE wrapper: one LayerFusion generation (the prior pass first, when chosen).
+
+    The run's state travels in the sampling run's transformer_options (a copy for this run), which
+    ComfyUI hands to every UNet call, on whatever thread runs it."""
+    model_options = extra_args["model_options"]
+    patch: LayerFusionPatch = model_options["transformer_options"][FUSION_OPTION]
     if noise.shape[0] % STREAMS_PER_SET:  # before any step: the same check the first UNet call would make
         raise BatchLayoutError(
             f"LayerFusion Apply: the sampler's latent has {noise.shape[0]} rows, expected a multiple of {STREAMS_PER_SET} "
             "(fg, bg, blend per layered set). Start it with LayerFusion Empty Latent and do not change its batch size."
+        )
+    if "multigpu_clones" in model_options:
+        raise ValueError(
+            "LayerFusion Apply: this model is spread over several GPUs (ComfyUI's multi-GPU clones), which run the "
+            "positive and negative batches on different devices at the same time; LayerFusion's masks for both come "
+            "from the foreground's positive rows of the same step, so it cannot run that way. Sample this model on one GPU."
         )
     settings = patch.settings
     sampling = guider.inner_model.model_sampling
@@ -337,20 +393,21 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
         settings, _eos_index(guider), sigma_extract,
         sampling.percent_to_sigma(settings.blend_start), sampling.percent_to_sigma(settings.blend_end), patch.recorder,
     )
-    token = _CURRENT_RUN.set(run)
-    try:
-        if settings.prior_mode.value == "prior_pass":
-            run.phase = Phase.PRIOR_PASS
-            try:
-                executor(guider, sigmas, extra_args, None, noise.clone(), latent_image, denoise_mask, True)
-            except _PriorReady:
-                pass
-            if run.prior is None:
-                raise RuntimeError("LayerFusion: the prior pass ended without reaching the extraction step")
-            run.start_joint_run()
-        return executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
-    finally:
-        _CURRENT_RUN.reset(token)
+    options = {**model_options, "transformer_options": {**model_options["transformer_options"], RUN_OPTION: run}}
+    extra_args = {**extra_args, "model_options": options}
+    if settings.prior_mode.value == "prior_pass":
+        run.phase = Phase.PRIOR_PASS
+        try:
+            executor(guider, sigmas, extra_args, None, noise.clone(), latent_image, denoise_mask, True)
+        except _PriorReady:
+            pass
+        if steps:
+            _check_fusion_ran(run, patch.keys, run.recorder.prior_pass_calls)
+        run.start_joint_run()
+    out = executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+    if steps:
+        _check_fusion_ran(run, patch.keys, run.recorder.joint_calls)
+    return out
 
 
 def transformer_keys(model: comfy.model_patcher.ModelPatcher) -> list[BlockKey]:
@@ -387,7 +444,7 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
     patched.set_model_attn1_output_patch(_BlendOutput("attn1"))
     patched.set_model_attn2_output_patch(_BlendOutput("attn2"))
     options = dict(patched.model_options["transformer_options"])
-    options[FUSION_OPTION] = LayerFusionPatch(settings, MaskRecorder())
+    options[FUSION_OPTION] = LayerFusionPatch(settings, MaskRecorder(), tuple(keys))
     patched.model_options["transformer_options"] = options
     kind = comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE
     patched.remove_wrappers_with_key(kind, FUSION_WRAPPER_KEY)
