@@ -489,6 +489,21 @@ class _ConditionCheck:
         return executor(x, t, c_concat, *args, **kwargs)
 
 
+def _hook_capable(model: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
+    """``model``, or, for current ComfyUI's dynamic-VRAM patcher (which implements no weight hooks),
+    its non-dynamic delegate: ComfyUI's sampler would swap to it anyway when conditioning carries
+    hooks (CFGGuider.inner_set_conds). Taken here, up front, so its cost is said once: the delegate
+    is a second copy of the model's weights."""
+    if not getattr(model, "is_dynamic", lambda: False)():
+        return model
+    log.warning(
+        "LayerFusion LayerDiffuse Conditional: this model uses ComfyUI's dynamic VRAM, which runs no weight hooks; "
+        "its non-dynamic copy is used instead (about %.1f GB more memory for the model's weights while it is loaded). "
+        "Start ComfyUI with dynamic VRAM off to avoid the second copy.", model.model_size() / 2**30,
+    )
+    return model.get_non_dynamic_delegate()
+
+
 def layerdiffuse_conditional(
     model: comfy.model_patcher.ModelPatcher, positive: list, negative: list, conditions: list[torch.Tensor],
     lora: LoadedLoRA, weight: float, stop_at: float,
@@ -509,6 +524,8 @@ def layerdiffuse_conditional(
     import comfy.weight_adapter
 
     from .lora_files import INPUT_CONV
+
+    model = _hook_capable(model)
 
     widened = lora.full_patches[INPUT_CONV][1][0]
     patches = dict(lora.full_patches)

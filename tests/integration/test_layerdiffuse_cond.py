@@ -128,3 +128,32 @@ def test_flatten_alpha_is_colour_over_grey():
     from_mask = LayerFusionFlattenAlpha.execute(image[..., :3], 1.0 - image[..., 3]).result[0]
     assert torch.allclose(from_mask, flat, atol=1e-6)
     assert torch.equal(LayerFusionFlattenAlpha.execute(image[..., :3]).result[0], image[..., :3])
+
+
+def test_a_dynamic_vram_model_is_swapped_for_its_non_dynamic_delegate_up_front(tiny, files, caplog):
+    """Emulates current ComfyUI's ModelPatcherDynamic (is_dynamic, get_non_dynamic_delegate), which
+    CFGGuider.inner_set_conds swaps for its delegate when conditioning carries weight hooks."""
+    import logging
+
+    import comfy.model_patcher
+
+    delegates = []
+
+    class DynamicLike(comfy.model_patcher.ModelPatcher):
+        def is_dynamic(self):
+            return True
+
+        def get_non_dynamic_delegate(self):
+            delegate = comfy.model_patcher.ModelPatcher.clone(self)
+            delegate.__class__ = comfy.model_patcher.ModelPatcher
+            delegates.append(delegate)
+            return delegate
+
+    dynamic = tiny.model.clone()
+    dynamic.__class__ = DynamicLike
+    with caplog.at_level(logging.WARNING):
+        model, positive, negative = cond_node(dynamic, "layer_xl_fgble2bg.safetensors", condition(5), condition(6))
+    assert len(delegates) == 1 and model.parent is delegates[0] and type(model) is comfy.model_patcher.ModelPatcher
+    assert "dynamic VRAM" in caplog.text and "GB more memory" in caplog.text
+    plain, p_pos, p_neg = cond_node(tiny.model, "layer_xl_fgble2bg.safetensors", condition(5), condition(6))
+    assert torch.equal(sample(model, positive, negative), sample(plain, p_pos, p_neg))
