@@ -232,7 +232,7 @@ FUSION_WRAPPER_KEY = "layerfusion.fusion"
 class LayerFusionPatch:
     settings: FusionSettings
     recorder: MaskRecorder
-    keys: tuple[BlockKey, ...] = ()  # every transformer block, where each run must have blended
+    keys: tuple[BlockKey, ...]  # every transformer block, where each run must have blended
 
 
 def _block_key(extra_options: dict) -> BlockKey:
@@ -341,29 +341,26 @@ def host_version() -> str:
         return "unknown"
 
 
+def _hook_point_error(what: str) -> HookPointError:
+    return HookPointError(f"LayerFusion Apply: {what} on ComfyUI {host_version()}. Please report this with your ComfyUI version.")
+
+
 def _check_fusion_ran(run: FusionRun, keys: tuple[BlockKey, ...], calls: int) -> None:
     """After a LayerFusion run (or its prior pass, of ``calls`` UNet calls seen): the wrapper saw
     the UNet calls, the prior was taken, and every transformer block blended in attn1 and attn2
     whenever a call blended. Raises `HookPointError`."""
-    where = f"on ComfyUI {host_version()}"
     if calls == 0:
-        raise HookPointError(
-            f"LayerFusion Apply: the sampler ran the UNet without LayerFusion's DIFFUSION_MODEL wrapper {where}, so "
-            "nothing was blended and the three streams ran independently. Please report this with your ComfyUI version."
-        )
+        raise _hook_point_error("the sampler ran the UNet without LayerFusion's DIFFUSION_MODEL wrapper, so nothing "
+                                "was blended and the three streams ran independently")
     if run.prior is None:
-        raise HookPointError(
-            f"LayerFusion Apply: the structure prior was never taken {where}: the attn1 patch of block "
-            f"{run.settings.structure_block} did not run. Please report this with your ComfyUI version."
-        )
+        raise _hook_point_error(f"the structure prior was never taken: the attn1 patch of block "
+                                f"{run.settings.structure_block} did not run")
     if run.blend_calls:
         missing = [(kind, key) for key in keys for kind in ("attn1", "attn2") if (kind, key) not in run.recorder.blended]
         if missing:
-            raise HookPointError(
-                f"LayerFusion Apply: the blend did not run in {len(missing)} of {2 * len(keys)} attention layers {where} "
-                f"(e.g. {missing[0][0]} of block {missing[0][1]}): ComfyUI did not call the pack's attention output "
-                "patches there. Please report this with your ComfyUI version."
-            )
+            raise _hook_point_error(f"the blend did not run in {len(missing)} of {2 * len(keys)} attention layers (e.g. "
+                                    f"{missing[0][0]} of block {missing[0][1]}): ComfyUI did not call the pack's "
+                                    "attention output patches there")
 
 
 def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar):
