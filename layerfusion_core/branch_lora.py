@@ -1,151 +1,99 @@
-"""`BranchLoRALinear`: a LoRA that runs on the rows of one branch (fg, bg, blend) of a batch.
+"""`BranchLoRA`: a LoRA that runs on the rows of one branch (fg, bg, blend) of a batch.
 
-It stands in for a Linear layer as a ComfyUI object patch (set by `patching.apply_branch_lora`):
-``inner(x)`` for every row, plus ``scale * (x @ down^T) @ up^T`` on the branch's rows only, so the
-base weights stay shared by all streams. The rows come from the UNet call in progress
-(`calls.CURRENT_CALL`); outside one, the batch is plain. The wrapped layer holds the truth about
-its weight and bias (ComfyUI may patch or move it while this proxy is out of the model).
+The model's own layers stay where they are: the LoRA is a torch forward hook on each target
+Linear, attached and removed through ComfyUI's injection mechanism (``ModelPatcher.set_injections``,
+see `patching.apply_branch_lora`). The hook adds ``scale * (x @ down^T) @ up^T`` to the layer's
+fresh output on the branch's rows only, so the base weights stay shared by all streams, and
+whatever ComfyUI does to the layer itself (an ordinary LoRA's weight patches, low-VRAM casting,
+dynamic VRAM's per-layer state) keeps working: the hook never touches a weight, only the output.
+
+The rows come from the UNet call in progress (`calls.CURRENT_CALL`, set on the thread that runs
+that call). A hooked layer that runs outside such a call means the host called the UNet without
+the pack's DIFFUSION_MODEL wrapper: an error, never a guess.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from .calls import CURRENT_CALL
-from .rows import Branch, RowSelector
+from .calls import CURRENT_CALL, hook_point_error
+from .rows import Branch
+
+NODE = "LayerFusion LoRA Apply"
 
 
-# Attributes ComfyUI's model management reads and writes on a patched layer: the proxy hands them
-# to the layer it wraps, so weight patches (LoraLoader), low-VRAM casting and offloading keep
-# working on a layer that also carries a branch LoRA.
-_DELEGATED = frozenset(
-    {"comfy_cast_weights", "prev_comfy_cast_weights", "weight_function", "bias_function", "comfy_patched_weights"}
-)
-_SHARED_PARAMS = ("weight", "bias")
+@dataclasses.dataclass(frozen=True)
+class LayerFactors:
+    """One layer's factors: ``up`` ``[out, r]``, ``down`` ``[r, in]`` (in the compute dtype) and the scale."""
 
-
-class BranchLoRALinear(torch.nn.Module):
-    """``inner(x) + scale * (x @ down^T) @ up^T`` on the rows of ``branch`` (x: ``[B, ..., in]``).
-
-    A transparent proxy for the Linear it replaces: it registers that layer's own ``weight`` and
-    ``bias`` Parameters (the same objects) under the same path, so ComfyUI finds, loads, offloads
-    and weight-patches them as before, and it forwards ComfyUI's per-layer bookkeeping to the
-    wrapped layer, whose own forward (and casting) computes the base output. The wrapped layer is
-    held outside the module tree, so it is not listed twice. The factors are ``lora_up`` ``[out, r]``
-    and ``lora_down`` ``[r, in]``.
-    """
-
-    def __init__(self, inner: torch.nn.Module, up: torch.Tensor, down: torch.Tensor, scale: float, branch: Branch,
-                 merged: bool = False) -> None:
-        super().__init__()
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_merged_cache", None)  # (key, W + scale * up @ down) in the compute dtype
-        for name in _SHARED_PARAMS:
-            value = getattr(inner, name, None)
-            if value is not None:
-                self._parameters[name] = value
-        self.lora_up = torch.nn.Parameter(up, requires_grad=False)
-        self.lora_down = torch.nn.Parameter(down, requires_grad=False)
-        self.scale = float(scale)
-        self.branch = branch
-        self.merged = merged
-
-    @property
-    def inner(self) -> torch.nn.Module:
-        return self._inner
-
-    def __getattr__(self, name: str):
-        if name in _DELEGATED:
-            return getattr(self._inner, name)
-        if name in _SHARED_PARAMS and "_inner" in self.__dict__:
-            self._refresh_shared()  # the wrapped layer holds the truth (another clone may have patched it)
-        return super().__getattr__(name)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _DELEGATED:
-            setattr(self._inner, name, value)
-            return
-        if name in _SHARED_PARAMS and "_inner" in self.__dict__:
-            setattr(self._inner, name, value)
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name: str) -> None:
-        if name in _DELEGATED:
-            delattr(self._inner, name)
-            return
-        super().__delattr__(name)
-
-    def _refresh_shared(self) -> None:
-        """Take the wrapped layer's current weight and bias: while this proxy is out of the model
-        (another clone of the model loaded), ComfyUI patches and restores the layer itself."""
-        for name in _SHARED_PARAMS:
-            value = self._inner.__dict__.get("_parameters", {}).get(name)
-            if value is not None and self._parameters.get(name) is not value:
-                self._parameters[name] = value
-
-    def _apply(self, fn, recurse=True):
-        """Device and dtype moves go through this proxy: move the wrapped layer's own Parameters,
-        and hand it any Parameter the move replaced."""
-        self._refresh_shared()
-        result = super()._apply(fn, recurse)
-        for name in _SHARED_PARAMS:
-            ours = self._parameters.get(name)
-            if ours is not None and getattr(self._inner, name, None) is not ours:
-                setattr(self._inner, name, ours)
-        return result
+    up: torch.Tensor
+    down: torch.Tensor
+    scale: float
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        down = self.lora_down.to(device=x.device, dtype=x.dtype)
-        up = self.lora_up.to(device=x.device, dtype=x.dtype)
+        """``scale * (x @ down^T) @ up^T`` for ``x`` ``[..., in]``."""
+        down = self.down.to(device=x.device, dtype=x.dtype)
+        up = self.up.to(device=x.device, dtype=x.dtype)
         return F.linear(F.linear(x, down), up) * self.scale
 
-    def _merged_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """A second copy of the weight with the LoRA merged in (rebuilt if the weight changes)."""
-        weight = self._parameters["weight"]
-        # inference tensors (every weight ComfyUI's server loads, under torch.inference_mode) have no version counter
-        key = (weight.data_ptr(), None if weight.is_inference() else weight._version, x.device, x.dtype)
-        if self._merged_cache is None or self._merged_cache[0] != key:
-            merged = weight.to(device=x.device, dtype=x.dtype) + self.delta_weight(x)
-            object.__setattr__(self, "_merged_cache", (key, merged))
-        return self._merged_cache[1]
 
-    def delta_weight(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.lora_up.to(device=x.device, dtype=x.dtype) @ self.lora_down.to(device=x.device, dtype=x.dtype)) * self.scale
+class BranchLoRA:
+    """One LoRA Apply: its factors per module path, its branch, and the hooks it has attached.
 
-    def _use_merged(self) -> bool:
-        # In ComfyUI's low-VRAM mode the wrapped layer casts its weight and applies weight patches on
-        # the fly; a merged copy would miss them, so that case stays on the run-time path.
-        return self.merged and "weight" in self._parameters and not getattr(self._inner, "comfy_cast_weights", False)
+    ``key`` names it among the model's injections: unique per application, since ComfyUI takes
+    two patchers with the same injection keys for the same weights. The hooks are attached to the
+    model the injection is given (a multi-GPU clone has a model of its own) and removed from it
+    again; attaching twice, or detaching what was never attached, changes nothing.
+    """
 
-    def _forward_merged(self, x: torch.Tensor, rows: torch.Tensor | None, selector: "RowSelector") -> torch.Tensor:
-        bias = self._parameters.get("bias")
-        bias = None if bias is None else bias.to(device=x.device, dtype=x.dtype)
-        if rows is None:
-            return F.linear(x, self._merged_weight(x), bias)
-        if rows.numel() == 0:
-            return self._inner(x)
-        others = selector.complement(rows)
-        first = self._inner(x.index_select(0, others))
-        out = first.new_empty((x.shape[0], *first.shape[1:]))
-        out.index_copy_(0, others, first)
-        return out.index_copy_(0, rows, F.linear(x.index_select(0, rows), self._merged_weight(x), bias))
+    def __init__(self, key: str, layers: dict[str, LayerFactors], branch: Branch, file_name: str) -> None:
+        self.key, self.layers, self.branch, self.file_name = key, layers, branch, file_name
+        self._handles: dict[int, list[torch.utils.hooks.RemovableHandle]] = {}  # id(model) -> its hooks
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._refresh_shared()
-        call = CURRENT_CALL.get()
-        # called outside a wrapped UNet call: a plain batch
-        selector = call.selector if call is not None else RowSelector(x.shape[0], 1, None, device=x.device)
-        rows = selector.rows_for(self.branch)
-        if self._use_merged():
-            return self._forward_merged(x, rows, selector)
-        out = self._inner(x)
-        if rows is None:
-            return out.add_(self.delta(x))
-        if rows.numel() == 0:
-            return out
-        # `out` is the fresh output of the wrapped layer: adding in place saves a copy per layer
-        return out.index_add_(0, rows, self.delta(x.index_select(0, rows)))
+    def attach(self, model: torch.nn.Module) -> None:
+        if id(model) in self._handles:
+            return
+        handles = []
+        try:
+            for index, (path, factors) in enumerate(self.layers.items()):
+                handles.append(model.get_submodule(path).register_forward_hook(self._hook(index, factors)))
+        except AttributeError as err:
+            for handle in handles:
+                handle.remove()
+            raise hook_point_error(NODE, f"{self.file_name}: the model has no layer to hook ({err})") from None
+        self._handles[id(model)] = handles
 
-    def extra_repr(self) -> str:
-        return f"branch={self.branch.value}, rank={self.lora_down.shape[0]}, scale={self.scale:g}, merged={self.merged}"
+    def detach(self, model: torch.nn.Module) -> None:
+        for handle in self._handles.pop(id(model), []):
+            handle.remove()
+
+    def attached_to(self, model: torch.nn.Module) -> bool:
+        return id(model) in self._handles
+
+    def _hook(self, index: int, factors: LayerFactors):
+        key, branch, file_name = self.key, self.branch, self.file_name
+
+        def add_delta(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            call = CURRENT_CALL.get()
+            if call is None:
+                raise hook_point_error(
+                    NODE, f"{file_name} ran in a UNet call that the pack's DIFFUSION_MODEL wrapper did not see, so it "
+                          "cannot tell which rows are its branch's"
+                )
+            call.lora_hits.setdefault(key, set()).add(index)
+            x = args[0]
+            rows = call.selector.rows_for(branch)
+            # `out` is the layer's fresh output: adding in place saves a copy per layer
+            if rows is None:
+                return out.add_(factors.delta(x))
+            if rows.numel() == 0:
+                return out
+            return out.index_add_(0, rows, factors.delta(x.index_select(0, rows)))
+
+        return add_delta
+
+    def __repr__(self) -> str:
+        return f"BranchLoRA({self.file_name!r}, branch={self.branch.value}, layers={len(self.layers)})"

@@ -1,21 +1,26 @@
-"""The one module that touches ComfyUI's patch machinery (ModelPatcher object patches, weight
+"""The one module that touches ComfyUI's patch machinery (ModelPatcher injections, weight
 patches, wrappers, transformer_options). The maths it runs are plain functions elsewhere.
 
 Per-branch LoRA at run time
 ---------------------------
 ComfyUI's weight patches change a weight for the whole batch, and its per-cond LoRA hooks run
 each hook group as a separate UNet call (which would break the exchange between streams). So a
-branch LoRA is an *object patch* of each target Linear: `BranchLoRALinear` (branch_lora.py) computes
-``inner(x)`` and adds ``scale * (x @ down^T) @ up^T`` on the rows of its branch only; the base
-weights stay shared by all streams. Chained LoRAs stack (each wraps what was there).
+branch LoRA is a torch forward hook on each target Linear (`BranchLoRA`, branch_lora.py) that adds
+``scale * (x @ down^T) @ up^T`` to the layer's output on the rows of its branch only; the layers
+themselves stay in the model, so the base weights stay shared by all streams and ComfyUI's own
+loading (weight patches, low-VRAM casting, dynamic VRAM) runs on them unchanged. The hooks are
+attached and removed by a model injection (``ModelPatcher.set_injections``): ComfyUI injects when
+it loads the patched model and ejects when it unloads it or loads another clone. Chained LoRAs
+stack (each one its own injection, under a key of its own).
 
 Which rows belong to which branch is decided once per UNet call by a DIFFUSION_MODEL wrapper
 (`_on_unet_call`), from the batch size, ``cond_or_uncond`` and whether the model runs the
 LayerFusion layout (``transformer_options[LAYOUT_OPTION]``, set by `enable_layered_batch`). The
 wrapper hands it to the call in its transformer_options (``CALL_OPTION``: the attention patches
-read it from their ``extra_options``) and, for the branch LoRA layers, which see no options, in a
+read it from their ``extra_options``) and, for the branch LoRA hooks, which see no options, in a
 context variable set on the thread that runs the call, for that call only: nothing survives the
-call and no state lives on nodes or in globals.
+call and no state lives on nodes or in globals. After the call it checks that every branch LoRA
+reached every one of its layers (`HookPointError` otherwise).
 
 LayerFusion
 -----------
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 
 import torch
 
@@ -41,19 +47,22 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from . import priors
-from .branch_lora import BranchLoRALinear
-from .calls import CURRENT_CALL, CallContext
+from .branch_lora import BranchLoRA, LayerFactors
+from .calls import CURRENT_CALL, CallContext, HookPointError, hook_point_error, host_version
 from .fusion import BlockKey, FusionRun, FusionSettings, MaskRecorder, Phase
 from .lora_files import LoadedLoRA
 from .rows import FULL_STREAMS, BatchLayoutError, Branch, RowSelector, stream_view
 from .streams import STREAMS_PER_SET, Stream
 
-__all__ = ["BatchLayoutError", "Branch", "BranchLoRALinear", "RowSelector"]  # re-exported from rows.py and branch_lora.py
+# re-exported from rows.py, branch_lora.py and calls.py
+__all__ = ["BatchLayoutError", "Branch", "BranchLoRA", "HookPointError", "RowSelector", "host_version"]
 
 log = logging.getLogger(__name__)
 
 LAYOUT_OPTION = "layerfusion_layout"  # transformer_options flag: the batch is [fg, bg, blend] * N
 ROWS_WRAPPER_KEY = "layerfusion.rows"
+BRANCH_LORA_OPTION = "layerfusion_branch_loras"  # transformer_options: {injection key: BranchLoRA} of this model
+BRANCH_LORA_KEY = "layerfusion.branch_lora"  # injection keys: this prefix and one id per LoRA Apply
 
 
 RUN_OPTION = "layerfusion_run"  # transformer_options of one sampling run: its FusionRun
@@ -89,12 +98,8 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
         extract, _ = run.begin_call(sigma)
         call = CallContext(RowSelector(rows.numel(), chunks, (Stream.FG,), x.device), cond_or_uncond, run, extract,
                            unet=getattr(executor, "class_obj", None))
-        token = CURRENT_CALL.set(call)
-        try:
-            fg_out = executor(*_take_rows((x, timesteps, context, y, control), rows, batch),
-                              {**transformer_options, CALL_OPTION: call}, **_take_rows(kwargs, rows, batch))
-        finally:
-            CURRENT_CALL.reset(token)
+        fg_out = _run_call(executor, call, _take_rows((x, timesteps, context, y, control), rows, batch),
+                           transformer_options, _take_rows(kwargs, rows, batch))
         if run.prior is not None:
             raise _PriorReady
         out = torch.zeros_like(x)
@@ -106,11 +111,25 @@ def _on_unet_call(executor, x, timesteps, context, y, control, transformer_optio
     call = CallContext(selector, cond_or_uncond, run, extract, blend, blend_next, unet=getattr(executor, "class_obj", None))
     if blend:
         run.blend_calls += 1
+    return _run_call(executor, call, (x, timesteps, context, y, control), transformer_options, kwargs)
+
+
+def _run_call(executor, call: CallContext, args: tuple, transformer_options: dict, kwargs: dict):
+    """One UNet call with ``call`` in its options and in `CURRENT_CALL`; then every branch LoRA
+    of the model must have reached all of its layers."""
     token = CURRENT_CALL.set(call)
     try:
-        return executor(x, timesteps, context, y, control, {**transformer_options, CALL_OPTION: call}, **kwargs)
+        out = executor(*args, {**transformer_options, CALL_OPTION: call}, **kwargs)
     finally:
         CURRENT_CALL.reset(token)
+    for key, lora in transformer_options.get(BRANCH_LORA_OPTION, {}).items():
+        reached = len(call.lora_hits.get(key, ()))
+        if reached != len(lora.layers):
+            raise hook_point_error(
+                "LayerFusion LoRA Apply", f"{lora.file_name} on branch {lora.branch.value} reached {reached} of its "
+                f"{len(lora.layers)} layers in a UNet call: ComfyUI did not apply the pack's model injection (forward hooks)"
+            )
+    return out
 
 
 def compute_dtype(model: comfy.model_patcher.ModelPatcher) -> torch.dtype:
@@ -130,41 +149,6 @@ def unet_shapes(model: comfy.model_patcher.ModelPatcher) -> dict[str, torch.Size
     return shapes
 
 
-MERGED_CACHE_KEY = "layerfusion.merged_copies"
-
-
-def _branch_loras(model: comfy.model_patcher.ModelPatcher):
-    for module in model.object_patches.values():
-        while isinstance(module, BranchLoRALinear):
-            yield module
-            module = module.inner
-
-
-def _on_apply_hooks(model: comfy.model_patcher.ModelPatcher, hooks=None) -> None:
-    """ON_APPLY_HOOKS callback: ComfyUI has just changed weights in place for hook patches (as
-    LayerDiffuse Conditional's keyframes do), with no new tensor and no version count: forget the
-    merged copies, and remember that the next ones are built on hooked weights."""
-    for module in _branch_loras(model):
-        object.__setattr__(module, "_merged_cache", None)
-        object.__setattr__(module, "_merged_on_hooks", hooks is not None)
-
-
-def _on_pre_run(model: comfy.model_patcher.ModelPatcher, *args) -> None:
-    """ON_PRE_RUN callback: merged copies built on hooked weights are stale once ComfyUI has put
-    the weights back in place after that run; others stay valid (their key tracks the weight)."""
-    for module in _branch_loras(model):
-        if module.__dict__.get("_merged_on_hooks"):
-            object.__setattr__(module, "_merged_cache", None)
-            object.__setattr__(module, "_merged_on_hooks", False)
-
-
-def _ensure_merged_copies_tracked(model: comfy.model_patcher.ModelPatcher) -> None:
-    for kind, callback in ((comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, _on_pre_run),
-                           (comfy.patcher_extension.CallbacksMP.ON_APPLY_HOOKS, _on_apply_hooks)):
-        if not model.get_callbacks(kind, MERGED_CACHE_KEY):
-            model.add_callback_with_key(kind, MERGED_CACHE_KEY, callback)
-
-
 def _ensure_rows_wrapper(model: comfy.model_patcher.ModelPatcher) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     if not model.get_wrappers(kind, ROWS_WRAPPER_KEY):
@@ -172,14 +156,14 @@ def _ensure_rows_wrapper(model: comfy.model_patcher.ModelPatcher) -> None:
 
 
 def apply_branch_lora(
-    model: comfy.model_patcher.ModelPatcher, lora: LoadedLoRA, branch: Branch, weight: float, merged: bool = False
+    model: comfy.model_patcher.ModelPatcher, lora: LoadedLoRA, branch: Branch, weight: float
 ) -> comfy.model_patcher.ModelPatcher:
     """A clone of ``model`` with ``lora`` at ``weight`` on ``branch``; ``model`` is not changed.
 
-    Full deltas and adapters that are not plain Linear LoRAs cannot run per row: with branch
-    `all` they become ordinary ComfyUI weight patches, otherwise they are refused (before
-    anything is applied). ``merged`` keeps, per layer, a second copy of the weight with the LoRA
-    merged in for the branch's rows: faster, at the memory of that copy (see the benchmark)."""
+    The Linear LoRAs run as forward hooks on their layers (`BranchLoRA`), attached by a model
+    injection of their own. Full deltas and adapters that are not plain Linear LoRAs cannot run per
+    row: with branch `all` they become ordinary ComfyUI weight patches, otherwise they are refused
+    (before anything is applied)."""
     if lora.full_patches and branch is not Branch.ALL:
         raise ValueError(
             f"{lora.file_name}: {len(lora.full_patches)} of its weights are full deltas or non-Linear adapters, "
@@ -188,17 +172,22 @@ def apply_branch_lora(
         )
     patched = model.clone()
     dtype = compute_dtype(model)
-    for path, factors in lora.low_rank.items():
-        inner = patched.get_model_object(path)
-        up, down = factors.up.to(dtype), factors.down.to(dtype)  # cast once here, not at every call
-        patched.add_object_patch(path, BranchLoRALinear(inner, up, down, factors.scale * weight, branch, merged))
+    layers = {  # cast once here, not at every call
+        path: LayerFactors(factors.up.to(dtype), factors.down.to(dtype), factors.scale * weight)
+        for path, factors in lora.low_rank.items()
+    }
+    if layers:
+        hooks = BranchLoRA(f"{BRANCH_LORA_KEY}.{uuid.uuid4().hex}", layers, branch, lora.file_name)
+        patched.set_injections(hooks.key, [comfy.patcher_extension.PatcherInjection(
+            inject=lambda patcher: hooks.attach(patcher.model), eject=lambda patcher: hooks.detach(patcher.model))])
+        options = dict(patched.model_options.get("transformer_options", {}))
+        options[BRANCH_LORA_OPTION] = {**options.get(BRANCH_LORA_OPTION, {}), hooks.key: hooks}
+        patched.model_options["transformer_options"] = options
     if lora.full_patches:
         applied = patched.add_patches(lora.full_patches, weight)
         if len(applied) != len(lora.full_patches):
             raise ValueError(f"{lora.file_name}: ComfyUI accepted {len(applied)} of {len(lora.full_patches)} weight patches")
     _ensure_rows_wrapper(patched)
-    if merged:
-        _ensure_merged_copies_tracked(patched)
     log.info(
         "%s on branch %s at weight %g: %d weights at run time, %d as weight patches%s",
         lora.file_name, branch.value, weight, len(lora.low_rank), len(lora.full_patches),
@@ -217,9 +206,9 @@ def enable_layered_batch(model: comfy.model_patcher.ModelPatcher) -> comfy.model
     return patched
 
 
-def branch_patches(model: comfy.model_patcher.ModelPatcher) -> dict[str, BranchLoRALinear]:
-    """The branch LoRA patches a model carries, by module path (outermost of a stack)."""
-    return {k: v for k, v in model.object_patches.items() if isinstance(v, BranchLoRALinear)}
+def branch_loras(model: comfy.model_patcher.ModelPatcher) -> list[BranchLoRA]:
+    """The branch LoRAs a model carries, in the order they were applied."""
+    return list(model.model_options.get("transformer_options", {}).get(BRANCH_LORA_OPTION, {}).values())
 
 
 # ---- LayerFusion: priors, masks and blends in every transformer block -----------------------
@@ -327,22 +316,8 @@ def _eos_index(guider) -> int:
     )
 
 
-class HookPointError(RuntimeError):
-    """A patch the pack registered with ComfyUI did not run: never a silent no-op."""
-
-
-def host_version() -> str:
-    """The running ComfyUI's version (for errors about its hook points)."""
-    try:
-        import comfyui_version
-
-        return str(comfyui_version.__version__)
-    except Exception:  # noqa: BLE001 - any host without the module
-        return "unknown"
-
-
 def _hook_point_error(what: str) -> HookPointError:
-    return HookPointError(f"LayerFusion Apply: {what} on ComfyUI {host_version()}. Please report this with your ComfyUI version.")
+    return hook_point_error("LayerFusion Apply", what)
 
 
 def _check_fusion_ran(run: FusionRun, keys: tuple[BlockKey, ...], calls: int) -> None:

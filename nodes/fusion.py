@@ -10,7 +10,7 @@ from ..layerfusion_core import fusion, masks_view
 from ..layerfusion_core.patching import EOS_KEY, apply_layerfusion, fusion_patch
 from ..layerfusion_core.priors import BgMode, BlendSwitches
 from .common import CATEGORY, node_error, require_finite, require_sdxl
-from .previews import masks_preview
+from .previews import intermediate_output, masks_preview
 
 CONDITIONING = "LayerFusion Conditioning"
 APPLY = "LayerFusion Apply"
@@ -125,6 +125,7 @@ class LayerFusionMasks(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LayerFusionMasks",
+            **intermediate_output(),
             display_name=MASKS,
             category=CATEGORY,
             description="Show the structure prior and the soft and hard masks LayerFusion used at one block and step of the "

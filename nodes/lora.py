@@ -10,8 +10,6 @@ from ..layerfusion_core.patching import Branch, apply_branch_lora, unet_shapes
 from .common import CATEGORY, node_error, require_sdxl
 
 NODE = "LayerFusion LoRA Apply"
-RUN_TIME, MERGED = "run-time", "merged copy"
-LORA_MODES = (RUN_TIME, MERGED)
 
 
 class LayerFusionLoraApply(io.ComfyNode):
@@ -41,26 +39,19 @@ class LayerFusionLoraApply(io.ComfyNode):
                 ),
                 io.Float.Input("weight", default=1.0, min=-2.0, max=3.0, step=0.05,
                                tooltip="LoRA strength: W + weight * (up @ down). 0 leaves the model's output unchanged."),
-                io.Combo.Input("lora_mode", options=list(LORA_MODES), default=RUN_TIME,
-                               tooltip="run-time: the LoRA is computed on the branch's rows at every step, no extra weights "
-                                       "(least memory). merged copy: a second copy of each patched weight with the LoRA merged "
-                                       "in (for the layer file: the 560 attention weights), at that copy's memory; it saves the LoRA's "
-                                       "extra matmuls, which pays where compute rather than memory bandwidth limits (large "
-                                       "images on a GPU). On the project's CPU benchmark it was not faster (README).",
-                               optional=True),
             ],
             outputs=[io.Model.Output(tooltip="A copy of the model with the LoRA on the chosen branch.")],
         )
 
     @classmethod
-    def execute(cls, model, lora_name: str, branch: str, weight: float, lora_mode: str = RUN_TIME) -> io.NodeOutput:
+    def execute(cls, model, lora_name: str, branch: str, weight: float) -> io.NodeOutput:
         known = weight_files.known_file(lora_name)
         if known is not None and known.arch == "sdxl":
             require_sdxl(NODE, model)
         try:
             path = weight_files.resolve(lora_name)
             lora = load_lora(path, model.model, unet_shapes(model))
-            patched = apply_branch_lora(model, lora, Branch(branch), weight, merged=lora_mode == MERGED)
+            patched = apply_branch_lora(model, lora, Branch(branch), weight)
         except FileNotFoundError as err:
             raise node_error(NODE, "lora_name", str(err), "Put the file in place and refresh the node list.") from None
         except LoRAFileError as err:

@@ -3,6 +3,7 @@ reads, so the frontend's own image preview does not show them a second time)."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 
 import torch
@@ -10,6 +11,14 @@ from comfy_api.latest import io, ui
 
 RGBA_KEY = "layerfusion_rgba"  # RGBA previews, drawn over a checkerboard by web/layerfusion.js
 MASKS_KEY = "layerfusion_masks"  # {"soft": ..., "blend": ...} pairs, the mask drawn over the blend image
+
+
+def intermediate_output() -> dict:
+    """Schema fields for a node whose previews (UI output) should be sent again when its result comes
+    from ComfyUI's cache: ``has_intermediate_output`` where the host's io.Schema has it (0.19 and
+    later), nothing on older hosts."""
+    fields = {f.name for f in dataclasses.fields(io.Schema)}
+    return {"has_intermediate_output": True} if "has_intermediate_output" in fields else {}
 
 
 def temp_pngs(images_bhwc: torch.Tensor) -> list[dict]:

@@ -19,7 +19,7 @@ from ..layerfusion_core.transparent_variants import BY_LATENT_CHANNELS, FLUX, SD
 from ..layerfusion_core.transparent_vae import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
 from ..layerfusion_core.vae_models import ManagedModule, load_managed, posterior_moments
 from .common import CATEGORY, node_error, require_finite
-from .previews import rgba_preview
+from .previews import intermediate_output, rgba_preview
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class LayerFusionTransparentDecode(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LayerFusionTransparentDecode",
+            **intermediate_output(),
             display_name=DECODE,
             category=CATEGORY,
             description=(

@@ -28,7 +28,7 @@ SETTINGS = {  # arch -> (latent side, steps, LoRA rank, timed repeats: the faste
     "sdxl": (16, 3, 256, 3),
     "depth1": (32, 6, 8, 5),
 }
-CASES = ("limit", "fusion", "time_pair", "fusion_prior_pass", "merged", "merged_copy", "sequential", "decode_batched", "decode_loop", "decode_off", "prior_memory")
+CASES = ("limit", "fusion", "time_pair", "fusion_prior_pass", "merged", "sequential", "decode_batched", "decode_loop", "decode_off", "prior_memory")
 
 
 # ---- one case, in its own process -----------------------------------------------------------
@@ -157,7 +157,7 @@ def run_case(case: str, arch: str) -> dict:
         model.add_patches({f"{p}.weight": comfy.weight_adapter.LoRAAdapter(set(), (f.up, f.down, None, None, None, None))
                            for p, f in lora.low_rank.items()}, 1.0)
     else:
-        model = patching.apply_branch_lora(model, lora, patching.Branch.FG, 1.0, merged=case == "merged_copy")
+        model = patching.apply_branch_lora(model, lora, patching.Branch.FG, 1.0)
     if case == "fusion":
         model = patching.apply_layerfusion(model, FusionSettings(prior_mode=PriorMode.IN_RUN, prior_at=1.0))
     elif case == "fusion_prior_pass":
@@ -194,8 +194,6 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
             ("LayerFusion tensor peak / limit", ("fusion", "tensor_peak"), ("limit", "tensor_peak"), 1.05),
             ("run-time FG LoRA step time / LoRA merged into the weights (all rows)", ("limit", "seconds"), ("merged", "seconds"), None),
             ("run-time FG LoRA peak RSS / LoRA merged into the weights (all rows)", ("limit", "rss_peak"), ("merged", "rss_peak"), None),
-            ("run-time FG LoRA step time / 'merged copy' option (FG rows)", ("limit", "seconds"), ("merged_copy", "seconds"), None),
-            ("run-time FG LoRA peak RSS / 'merged copy' option (FG rows)", ("limit", "rss_peak"), ("merged_copy", "rss_peak"), None),
             ("one LayerFusion run (prior pass) / sequential route, time", ("fusion_prior_pass", "seconds"), ("sequential", "seconds"), None),
             ("one LayerFusion run (prior pass) / sequential route, peak RSS", ("fusion_prior_pass", "rss_peak"), ("sequential", "rss_peak"), None),
         ):
@@ -240,7 +238,7 @@ def main() -> int:
         arches = []
     for arch in arches:
         results["arch"][arch] = {}
-        for case in ("limit", "fusion", "time_pair", "fusion_prior_pass", "merged", "merged_copy", "sequential"):
+        for case in ("limit", "fusion", "time_pair", "fusion_prior_pass", "merged", "sequential"):
             print(f"[bench] {arch}: {case}", file=sys.stderr)
             results["arch"][arch][case] = run_in_subprocess(case, arch)
     if not args.again:

@@ -4,7 +4,7 @@ Runs with any Python 3.10+ and only the standard library, so that `make` can cal
 fresh machine. Every step is idempotent and leaves a stamp; a second run only checks stamps.
 
     python3 scripts/bootstrap.py setup        # host + venv (what `make` runs first)
-    python3 scripts/bootstrap.py browser      # Debian's chromium for the browser tests (apt-get)
+    python3 scripts/bootstrap.py browser      # Debian's chromium and the second frontend for the browser tests
     python3 scripts/bootstrap.py host-path    # print the ComfyUI directory in use
 
 Which ComfyUI is used (first match wins):
@@ -144,6 +144,34 @@ def ensure_venv(host: Path) -> None:
     log(f"virtual environment ready: {VENV}")
 
 
+# The browser tests also run against the frontend current ComfyUI ships (ComfyUI's --front-end-root),
+# from the package index, unpacked on its own into .cache/ (never into the venv: the host keeps its own).
+CURRENT_FRONTEND = ("comfyui-frontend-package", "1.58.1")
+CURRENT_FRONTEND_DIR = CACHE / f"frontend-{CURRENT_FRONTEND[1]}"
+
+
+def current_frontend_root() -> Path:
+    """The static folder of the current frontend package (what --front-end-root takes)."""
+    return CURRENT_FRONTEND_DIR / "comfyui_frontend_package" / "static"
+
+
+def ensure_current_frontend() -> Path:
+    root = current_frontend_root()
+    stamp = CURRENT_FRONTEND_DIR / ".layerfusion-frontend"
+    if stamp.is_file() and (root / "index.html").is_file():
+        return root
+    if CURRENT_FRONTEND_DIR.exists():
+        shutil.rmtree(CURRENT_FRONTEND_DIR)
+    CACHE.mkdir(exist_ok=True)
+    name, version = CURRENT_FRONTEND
+    _run(sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
+         "--target", str(CURRENT_FRONTEND_DIR), f"{name}=={version}")
+    if not (root / "index.html").is_file():
+        raise SystemExit(f"{name}=={version} left no index.html in {root}")
+    stamp.write_text(f"{name}=={version}\n")
+    return root
+
+
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 
 
@@ -188,6 +216,7 @@ def main(argv: list[str]) -> int:
         log(f"ComfyUI host: {host} ({host_path()[1]})")
     elif command == "browser":
         log(f"chromium: {ensure_browser()}")
+        log(f"frontend {CURRENT_FRONTEND[1]}: {ensure_current_frontend()}")
     elif command == "host-path":
         sys.stdout.write(f"{host_path()[0]}\n")
     else:

@@ -1,5 +1,8 @@
 """ComfyUI's real frontend in headless Chromium: the pack's workflow (a) loads with no missing node
-types and no console errors of its own, runs, and the extension draws its checkerboard preview."""
+types and no console errors of its own, runs, and the extension draws its checkerboard preview,
+which comes back when the frontend restores its outputs (a reload). Each test runs against the
+host's own frontend and against the one current ComfyUI ships (comfyui-frontend-package 1.58.1,
+through --front-end-root)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import os
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from support.browser import chromium_page
 from support.comfy_server import ComfyServer
+from support.paths import current_frontend_args
 from support.ui_workflows import api_to_ui
 from support.workflows import load_api, on_tiny_model
 
@@ -30,16 +35,30 @@ def normalized(errors: list[str], server) -> set[str]:
     return {re.sub(r"127\.0\.0\.1:\d+", "HOST", e.splitlines()[0]) for e in errors}
 
 
-def stock_errors() -> set[str]:
+FRONTENDS = {"host frontend": ("server", lambda: []), "frontend 1.58.1": ("current_frontend_server", current_frontend_args)}
+
+
+@pytest.fixture(params=list(FRONTENDS))
+def frontend(request):
+    """(the pack's server, the arguments that choose its frontend) for each frontend."""
+    fixture, args = FRONTENDS[request.param]
+    return request.getfixturevalue(fixture), args()
+
+
+def stock_errors(extra_args: list[str]) -> set[str]:
     """What ComfyUI's own frontend logs on this offline machine without the pack (user.css 404s,
     an unreachable release server, ...): the baseline the pack's page is held to."""
-    with ComfyServer(test_nodes=False, pack=False) as stock, chromium_page() as (page, errors):
+    with ComfyServer(test_nodes=False, pack=False, extra_args=extra_args) as stock, chromium_page() as (page, errors):
         open_comfy(page, stock)
         return normalized(errors, stock)
 
 
-def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboard(server):
-    baseline = stock_errors()
+PREVIEW_LOADED = "() => { const i = document.querySelector('.layerfusion-checkerboard img'); return i && i.complete && i.naturalWidth > 0; }"
+
+
+def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboard(frontend):
+    server, extra_args = frontend
+    baseline = stock_errors(extra_args)
     workflow = api_to_ui(on_tiny_model(load_api("layerfusion"), size=64, steps=3), server.object_info())
     with chromium_page() as (page, errors):
         open_comfy(page, server)
@@ -49,10 +68,7 @@ def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboar
         assert page.evaluate("(types) => types.filter(t => !window.LiteGraph.registered_node_types[t])", types) == []
         assert page.evaluate("() => window.app.graph._nodes.length") == len(workflow["nodes"])
         page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-        page.wait_for_function(
-            "() => { const i = document.querySelector('.layerfusion-checkerboard img'); return i && i.complete && i.naturalWidth > 0; }",
-            timeout=600_000,
-        )
+        page.wait_for_function(PREVIEW_LOADED, timeout=600_000)
         page.evaluate("""() => {
             const node = window.app.graph._nodes.find(n => n.type === 'LayerFusionTransparentDecode');
             window.app.canvas.ds.scale = 1.5;
@@ -67,19 +83,33 @@ def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboar
             page.screenshot(path=os.path.join(os.environ["LAYERFUSION_SCREENSHOTS"], "workflow_a.png"))
             open(os.path.join(os.environ["LAYERFUSION_SCREENSHOTS"], "rgba_preview.png"), "wb").write(png)
         shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+        # a reload: the page starts again, the workflow is loaded, and the frontend hands back the
+        # outputs it kept (its nodeOutputs setter, which calls the extensions' onNodeOutputsUpdated)
+        kept = page.evaluate("() => JSON.parse(JSON.stringify(window.app.nodeOutputs))")
+        shown = [e["filename"] for output in kept.values() for e in output.get("layerfusion_rgba", [])]
+        assert shown, kept
+        page.reload(wait_until="networkidle", timeout=180_000)
+        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=180_000)
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+        page.evaluate("(kept) => { window.app.nodeOutputs = kept; }", kept)
+        page.wait_for_function(PREVIEW_LOADED, timeout=60_000)
+        restored = page.evaluate("() => Array.from(document.querySelectorAll('.layerfusion-checkerboard img')).map(i => i.src)")
         new_errors = normalized(errors, server) - baseline
     frame = np.concatenate([shot[:FRAME].reshape(-1, 3), shot[-FRAME:].reshape(-1, 3)])
     near = lambda colour: (np.abs(frame - colour).max(axis=1) <= 12).mean()  # noqa: E731
     assert near(LIGHT) > 0.25 and near(DARK) > 0.25, (near(LIGHT), near(DARK))  # both squares of the checkerboard
+    assert sorted(name for name in shown if any(name in src for src in restored)) == sorted(shown), (shown, restored)
     assert not new_errors, new_errors
 
 
 HOSTILE = '"><img src=x onerror="window.__layerfusion_pwned=1"><b class="injected">x</b>'
 
 
-def test_the_extension_inserts_no_html_from_execution_messages(server):
+def test_the_extension_inserts_no_html_from_execution_messages(frontend):
     """File names in a node's execution message (which a custom filename_prefix or another pack can
     shape) reach the page only as URL parameters, never as markup."""
+    server, _args = frontend
     with chromium_page() as (page, _errors):
         open_comfy(page, server)
         found = page.evaluate("""(hostile) => {

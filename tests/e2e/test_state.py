@@ -38,12 +38,11 @@ RSS_GROWTH_BOUND_MB = 300
 LOAD_MESSAGE = re.compile(r"^Requested to load SDXL\s*$", re.M)  # ComfyUI loading the (tiny) SDXL UNet, not its CLIP
 
 
-def layerfusion(seed: int = 11, lora_weight: float = 1.0, lora_mode: str = "run-time", steps: int = STEPS,
-                **fusion: Any) -> dict[str, Any]:
+def layerfusion(seed: int = 11, lora_weight: float = 1.0, steps: int = STEPS, **fusion: Any) -> dict[str, Any]:
     """The shipped LayerFusion workflow on the tiny model, with the sampler's latent saved too."""
     graph = on_tiny_model(load_api("layerfusion"), size=SIZE, steps=steps)
     graph["sample"]["inputs"]["seed"] = seed
-    graph["fg_lora"]["inputs"].update(weight=lora_weight, lora_mode=lora_mode)
+    graph["fg_lora"]["inputs"].update(weight=lora_weight)
     graph["fusion"]["inputs"].update(fusion)
     graph["latent_save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": "state/latent"}}
     return graph
@@ -65,10 +64,10 @@ def plain(seed: int = 5) -> dict[str, Any]:
     }
 
 
-def layerdiffuse_on_merged_lora(seed: int = 13) -> dict[str, Any]:
+def layerdiffuse_on_the_lora(seed: int = 13) -> dict[str, Any]:
     """LayerDiffuse Conditional (fg2ble: its deltas are a ComfyUI weight hook, patched into the
-    weights in place) on the same merged-copy fg LoRA node as "lora 0.5 merged" (a cache hit)."""
-    graph = layerfusion(seed=seed, lora_weight=0.5, lora_mode="merged copy")
+    weights in place) on the same fg LoRA node as "lora 0.5" (a cache hit)."""
+    graph = layerfusion(seed=seed, lora_weight=0.5)
     keep = {"ckpt", "fg_lora"}
     graph = {node: value for node, value in graph.items() if node in keep}
     graph.update({
@@ -88,18 +87,17 @@ def layerdiffuse_on_merged_lora(seed: int = 13) -> dict[str, Any]:
 
 # The settings sequence run in one server; adjacent entries differ in one or a few settings.
 # "d4 bl_from_bg, seed 12" differs from the one before by the seed only (its LoRA and LayerFusion
-# models come from the cache), the two merged-copy LoRA graphs and the LayerDiffuse one share
-# their LoRA node (cache hits too), and the LayerDiffuse graph comes after both merged graphs, so
-# in the fresh server's reversed order it is the first to use that LoRA.
+# models come from the cache), the two LoRA 0.5 graphs and the LayerDiffuse one share their LoRA
+# node (cache hits too), and the LayerDiffuse graph comes after both LoRA 0.5 graphs, so in the
+# fresh server's reversed order it is the first to use that LoRA.
 GRAPHS: dict[str, Callable[[], dict[str, Any]]] = {
     "defaults": lambda: layerfusion(),
     "d4 bl_from_bg": lambda: layerfusion(d=4.0, bg_mode="bl_from_bg"),
     "d4 bl_from_bg, seed 12": lambda: layerfusion(seed=12, d=4.0, bg_mode="bl_from_bg"),
     "in_run, no fg blend": lambda: layerfusion(seed=12, prior_mode="in_run", prior_at=1.0, blend_fg=False),
-    "lora 0.5 merged, blend only into fg": lambda: layerfusion(seed=13, lora_weight=0.5, lora_mode="merged copy",
-                                                               blend_blend=False, blend_bg=False),
-    "lora 0.5 merged": lambda: layerfusion(seed=13, lora_weight=0.5, lora_mode="merged copy"),
-    "layerdiffuse on the merged lora": lambda: layerdiffuse_on_merged_lora(),
+    "lora 0.5, blend only into fg": lambda: layerfusion(seed=13, lora_weight=0.5, blend_blend=False, blend_bg=False),
+    "lora 0.5": lambda: layerfusion(seed=13, lora_weight=0.5),
+    "layerdiffuse on the lora": lambda: layerdiffuse_on_the_lora(),
     "defaults, seed 12": lambda: layerfusion(seed=12),
     "plain": lambda: plain(),
 }
@@ -221,7 +219,7 @@ def test_references_differ_between_settings(references):
     latents = {name: tuple(result["latent_save"]) for name, result in references.items()}
     assert len(set(latents.values())) == len(latents), latents
     assert sorted(references["defaults"]) == ["bg_save", "blend_save", "fg_save", "latent_save", "masks_save"]
-    assert len(references["plain"]["latent_save"]) == len(references["layerdiffuse on the merged lora"]["latent_save"]) == 1
+    assert len(references["plain"]["latent_save"]) == len(references["layerdiffuse on the lora"]["latent_save"]) == 1
 
 
 # ---- A: settings varied in one server == fresh runs ----------------------------------------------
@@ -231,7 +229,7 @@ def test_runs_with_varied_settings_in_one_server_equal_fresh_runs(server, refere
         entry = run(server, GRAPHS[name]())
         if name == "d4 bl_from_bg, seed 12":  # only the seed changed: the patched models came from the cache
             assert {"fg_lora", "fusion"} <= cached_nodes(entry)
-        if name in ("lora 0.5 merged", "layerdiffuse on the merged lora"):  # the merged-copy LoRA model of the run before
+        if name in ("lora 0.5", "layerdiffuse on the lora"):  # the LoRA model of the run before
             assert "fg_lora" in cached_nodes(entry)
         results.setdefault(name, []).append(digest(server, entry))
     for name, found in results.items():

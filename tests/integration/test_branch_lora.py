@@ -69,8 +69,10 @@ def test_the_input_model_is_never_changed(unet, attn):
     before = sample(unet, 3)
     patched = patching.apply_branch_lora(unet, attn, Branch.FG, 1.0)
     assert changed_rows(sample(patched, 3), before, CHANGED) == [0, 1, 2]
-    assert unet.object_patches == {} and not unet.get_wrappers("diffusion_model", patching.ROWS_WRAPPER_KEY)
+    assert unet.object_patches == {} and unet.injections == {}
+    assert not unet.get_wrappers("diffusion_model", patching.ROWS_WRAPPER_KEY)
     assert torch.equal(sample(unet, 3), before)
+    assert not any(m._forward_hooks for m in unet.model.modules())  # the patched clone's hooks were ejected
 
 
 def test_plain_batch_fg_patches_every_row_and_bg_is_refused(unet, attn):
@@ -137,39 +139,17 @@ def test_every_weight_of_the_layerdiffuse_file_is_patched_and_runs_on_full_depth
     lora = lora_files.load_lora(str(path), full.model)
     patched = patching.apply_branch_lora(full, lora, Branch.FG, 1.0)
     targets = {k.split("::")[0].removesuffix(".weight") for k in standins.layout()[standins.ATTN_FILE]}
-    patches = patching.branch_patches(patched)
-    assert len(patches) == 560 and set(patches) == targets
+    (branch_lora,) = patching.branch_loras(patched)
+    assert len(branch_lora.layers) == 560 and set(branch_lora.layers) == targets
     called = set()
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: called.add(name)) for name, m in patches.items()]
+    hooks = [full.get_model_object(name).register_forward_hook(lambda mod, args, out, name=name: called.add(name))
+             for name in branch_lora.layers]
     try:
         sample(patched, 1, steps=1, cfg=1.0)
     finally:
         for h in hooks:
             h.remove()
     assert called == targets
-
-
-def test_merged_copy_mode_equals_the_run_time_lora_on_its_rows(layered, attn, base):
-    run_time = sample(patching.apply_branch_lora(layered, attn, Branch.FG, 0.8), ROWS)
-    merged_model = patching.apply_branch_lora(layered, attn, Branch.FG, 0.8, merged=True)
-    merged = sample(merged_model, ROWS)
-    assert identical_rows(merged, base) == [1, 2, 4, 5], [(merged[r] - base[r]).abs().max().item() for r in range(ROWS)]
-    assert torch.allclose(merged, run_time, rtol=1e-4, atol=1e-4 * run_time.abs().max().item())
-    module = next(iter(patching.branch_patches(merged_model).values()))
-    assert module._merged_cache is not None  # the second copy exists (its memory is the option's cost)
-    copy = module._merged_cache[1]
-    assert torch.equal(sample(merged_model, ROWS), merged)
-    assert module._merged_cache[1] is copy  # not rebuilt by the next run: nothing changed the weight in place
-
-
-def test_merged_copy_follows_a_comfy_weight_patch(layered, attn, unet):
-    key = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
-    delta = torch.randn(unet.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(5)) * 0.5
-    patched = layered.clone()
-    patched.add_patches({key: ("diff", (delta,))}, 1.0)
-    run_time = sample(patching.apply_branch_lora(patched, attn, Branch.FG, 1.0), ROWS)
-    merged = sample(patching.apply_branch_lora(patched, attn, Branch.FG, 1.0, merged=True), ROWS)
-    assert torch.allclose(merged, run_time, rtol=1e-4, atol=1e-4 * run_time.abs().max().item())
 
 
 def test_a_lora_applied_while_another_patched_clone_is_loaded_uses_the_checkpoints_weights(layered, attn, base, unet):
@@ -180,8 +160,7 @@ def test_a_lora_applied_while_another_patched_clone_is_loaded_uses_the_checkpoin
     other = layered.clone()
     other.add_patches({key: ("diff", (delta,))}, 1.0)
     sample(patching.apply_branch_lora(other, attn, Branch.BG, 1.0), ROWS)  # leaves `other` patched in the model
-    for merged in (False, True):
-        made_now = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0, merged=merged)
-        sample(other, ROWS)
-        out = sample(made_now, ROWS)
-        assert identical_rows(out, base) == [1, 2, 4, 5], merged
+    made_now = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0)
+    sample(other, ROWS)
+    out = sample(made_now, ROWS)
+    assert identical_rows(out, base) == [1, 2, 4, 5]

@@ -8,23 +8,34 @@ current source it stands for.
 - `on_worker_thread` (comfy/samplers.py `_calc_cond_batch_multigpu`: `_handle_batch` runs
   `apply_model` on a `MultiGPUThreadPool` worker): the UNet call happens on another thread, where
   the sampling thread's context variables are empty.
+- `AttributeSettingLoader` with `DynamicCastOps` (comfy/model_patcher.py `ModelPatcherDynamic.load`
+  and comfy/ops.py's cast under dynamic VRAM): weights are not patched in place; the loader walks
+  ``named_modules()`` and hangs its per-layer state (``comfy_cast_weights``, ``seed_key``,
+  ``_pin_state``, ``_v``, ``weight_lowvram_function``) on the module found at each weight's path,
+  and that layer applies its weight patch from its own ``weight_lowvram_function`` as it casts.
+  A proxy module at that path would take the state and leave the real layer without its patch.
+- `LowVramLoader` (comfy/model_management.py `load_models_gpu` on a card too small for the model):
+  ModelPatcher.load with almost no memory, so every layer casts and applies its weight patches on
+  the fly (``LowVramPatch`` in ``weight_function``).
 
 And the no-op guard: each hook point the pack relies on, broken on purpose, gives a loud error.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
-
-import concurrent.futures
 
 from layerfusion.layerfusion_core import lora_files, patching, vae_models
 from layerfusion.layerfusion_core.safetensors_io import WeightFileError
 from layerfusion.layerfusion_core.transparent_vae import TransparentDecoder
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
-from layerfusion_testnodes import standins
+from layerfusion_testnodes import standins, tiny_sdxl
+from support.sampling import changed_rows, sample
 
 
 def lazy_linear_ops():
@@ -166,3 +177,143 @@ def test_multi_gpu_clones_are_refused_by_name(fused):
     spread.model_options["multigpu_clones"] = {torch.device("cpu"): spread}
     with pytest.raises(ValueError, match="LayerFusion Apply: this model is spread over several GPUs"):
         run(spread, conds)
+
+
+# ---- branch LoRA: the model's own layers stay in place, whatever the loader does to them ---------
+def dynamic_cast_ops():
+    """comfy.ops under dynamic VRAM: a Linear applies the weight patch the loader set on it
+    (``weight_lowvram_function``) as it casts its weight."""
+    import comfy.ops
+
+    class DynamicCastOps(comfy.ops.disable_weight_init):
+        class Linear(comfy.ops.disable_weight_init.Linear):
+            weight_lowvram_function = None
+
+            def forward_comfy_cast_weights(self, input):
+                weight, bias, stream = comfy.ops.cast_bias_weight(self, input, offloadable=True)
+                if self.weight_lowvram_function is not None:
+                    weight = self.weight_lowvram_function(weight.clone())
+                out = F.linear(input, weight, bias)
+                comfy.ops.uncast_bias_weight(self, weight, bias, stream)
+                return out
+
+    return DynamicCastOps
+
+
+def loader_classes():
+    import comfy.model_patcher
+
+    class AttributeSettingLoader(comfy.model_patcher.ModelPatcher):
+        """ModelPatcherDynamic.load: no weight patched in place; per-layer state set on the module at each path."""
+
+        def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+            with self.use_ejected():
+                for name, module in self.model.named_modules():
+                    if not hasattr(module, "comfy_cast_weights"):
+                        continue
+                    if not hasattr(module, "prev_comfy_cast_weights"):
+                        module.prev_comfy_cast_weights = module.comfy_cast_weights
+                    module.comfy_cast_weights = True
+                    module.seed_key, module._pin_state, module._v = name, {}, ("vbar", 0, 0)
+                    key = f"{name}.weight"
+                    patch = comfy.model_patcher.LowVramPatch(key, self.patches) if key in self.patches else None
+                    module.weight_lowvram_function = patch
+                self.model.model_lowvram = True
+                self.model.device = device_to
+                self.model.current_weight_patches_uuid = self.patches_uuid
+
+    class LowVramLoader(comfy.model_patcher.ModelPatcher):
+        """ModelPatcher.load as load_models_gpu calls it when the model does not fit."""
+
+        def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+            return super().load(device_to, lowvram_model_memory=1, force_patch_weights=force_patch_weights, full_load=False)
+
+    return {"full load": (None, None), "low VRAM": (LowVramLoader, None),
+            "dynamic VRAM": (AttributeSettingLoader, dynamic_cast_ops())}
+
+
+def _one_prefix_per_weight(unet, kohya_tensors: dict) -> dict:
+    """The LoRA with one kohya prefix per weight (the stand-in names some weights under both their
+    SGM and their diffusers name, of which ComfyUI loads one)."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(unet.model, {})
+    first: dict[str, str] = {}
+    for name in sorted(kohya_tensors):
+        prefix = name.rsplit(".lora_up.weight", 1)[0] if name.endswith(".lora_up.weight") else None
+        if prefix is not None:
+            first.setdefault(key_map[prefix], prefix)
+    kept = set(first.values())
+    return {k: v for k, v in kohya_tensors.items() if k.split(".")[0] in kept}
+
+
+def _merged_by_hand(lora_tensors: dict, kohya_tensors: dict, fg_weight: float, ordinary_weight: float):
+    """Two independent tiny UNets: the ordinary LoRA merged into the weights, and that plus the attention LoRA."""
+    import comfy.lora
+
+    models = []
+    for with_fg in (False, True):
+        merged = tiny_sdxl.build_unet("depth1", seed=0)
+        key_map = comfy.lora.model_lora_keys_unet(merged.model, {})
+        params = dict(merged.model.named_parameters())
+        with torch.no_grad():
+            for name in kohya_tensors:
+                if name.endswith(".lora_up.weight"):
+                    prefix = name.removesuffix(".lora_up.weight")
+                    up, down = kohya_tensors[name].float(), kohya_tensors[f"{prefix}.lora_down.weight"].float()
+                    alpha = float(kohya_tensors[f"{prefix}.alpha"]) / up.shape[1]
+                    params[key_map[prefix]].add_(ordinary_weight * alpha * up @ down)
+            if with_fg:
+                for key in {k.split("::")[0] for k in lora_tensors}:
+                    up, down = lora_tensors[f"{key}::lora::0"].float(), lora_tensors[f"{key}::lora::1"].float()
+                    params[key].add_(fg_weight * up @ down)
+        models.append(patching.enable_layered_batch(merged))
+    return models
+
+
+@pytest.mark.parametrize("loader", ["full load", "low VRAM", "dynamic VRAM"])
+def test_a_lora_chained_before_lora_apply_still_applies_and_no_proxy_sits_in_the_unet(tmp_path, loader):
+    import comfy.model_patcher
+    import comfy.sd
+
+    patcher_class, ops = loader_classes()[loader]
+    unet = tiny_sdxl.build_unet("depth1", seed=0, operations=ops)
+    if patcher_class is not None:
+        unet.__class__ = patcher_class  # the loader of the version emulated; clones keep it
+    kohya_tensors = _one_prefix_per_weight(unet, standins.kohya_lora_standin(unet, rank=4, seed=4, scale=0.1))
+    lora_tensors = standins.attn_lora_standin(standins.unet_shapes(unet), rank=4, seed=5, scale=0.1)
+    save_file(lora_tensors, str(tmp_path / standins.ATTN_FILE))
+    attn = lora_files.load_lora(str(tmp_path / standins.ATTN_FILE), unet.model)
+    layers_before = {path: unet.get_model_object(path) for path in attn.low_rank}
+
+    ordinary, _ = comfy.sd.load_lora_for_models(unet, None, kohya_tensors, 0.9, 0.0)  # what LoraLoader does
+    assert len(ordinary.patches) >= len(attn.low_rank)
+    model = patching.apply_branch_lora(patching.enable_layered_batch(ordinary), attn, patching.Branch.FG, 0.8)
+    out = sample(model, 6)
+
+    assert model.object_patches == {}
+    for path, layer in layers_before.items():  # the checkpoint's own layer, hooked, at its own path
+        assert model.get_model_object(path) is layer and type(layer).__module__ != patching.__name__
+        assert layer._forward_hooks, path
+    some_layer = next(iter(layers_before.values()))
+    if loader == "low VRAM":
+        assert any(isinstance(f, comfy.model_patcher.LowVramPatch) for f in some_layer.weight_function)
+    if loader == "dynamic VRAM":
+        assert some_layer.weight_lowvram_function is not None and some_layer.seed_key
+
+    ordinary_only, both = (sample(m, 6) for m in _merged_by_hand(lora_tensors, kohya_tensors, 0.8, 0.9))
+    plain = sample(patching.enable_layered_batch(tiny_sdxl.build_unet("depth1", seed=0)), 6)
+    assert changed_rows(ordinary_only, plain, 1e-2) == list(range(6))  # the ordinary LoRA matters on every row
+    assert changed_rows(both, ordinary_only, 1e-2) == list(range(6))  # so does the attention LoRA (merged: every row)
+    for rows, reference in (([0, 3], both), ([1, 2, 4, 5], ordinary_only)):
+        error = (out[rows] - reference[rows]).abs().max().item() / reference[rows].abs().max().item()
+        assert error < 1e-3, (loader, rows, error)
+
+
+def test_the_guard_fires_when_a_branch_lora_does_not_reach_its_layers(fused):
+    model, conds = fused
+    broken = model.clone()
+    (branch_lora,) = patching.branch_loras(broken)
+    broken.remove_injections(branch_lora.key)
+    with pytest.raises(patching.HookPointError, match=rf"reached 0 of its {len(branch_lora.layers)} layers"):
+        run(broken, conds)

@@ -83,9 +83,9 @@ def test_blending_off_equals_independent_runs(tiny, fg_lora_model, conds, cfg, m
 
 
 def _fg_lora(model):
-    """The LoadedLoRA behind a model patched by apply_branch_lora (rebuilt from its patches)."""
-    patches = patching.branch_patches(model)
-    low_rank = {k: lora_files.LowRank(p.lora_up, p.lora_down, p.scale) for k, p in patches.items()}
+    """The LoadedLoRA behind a model patched by apply_branch_lora (rebuilt from its factors)."""
+    (branch_lora,) = patching.branch_loras(model)
+    low_rank = {k: lora_files.LowRank(f.up, f.down, f.scale) for k, f in branch_lora.layers.items()}
     return (lora_files.LoadedLoRA("fg", low_rank, {}),)
 
 

@@ -36,3 +36,11 @@ def python() -> Path:
 def pack_inside_host(host: Path) -> bool:
     """True when this repository already sits in ``host``'s custom_nodes (ComfyUI loads it itself)."""
     return REPO.parent.resolve() == (host / "custom_nodes").resolve()
+
+
+def current_frontend_args() -> list[str]:
+    """Server arguments for the frontend current ComfyUI ships (`make browser` installs it)."""
+    root = bootstrap().current_frontend_root()
+    if not (root / "index.html").is_file():
+        raise RuntimeError(f"the current ComfyUI frontend is not installed at {root}: run `make browser`")
+    return ["--front-end-root", str(root)]
