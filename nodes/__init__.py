@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from .latent import LayerFusionEmptyLatent, LayerFusionSplit
+from .layers import LayerFusionRecompose, LayerFusionSaveLayers
 from .layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
 from .lora import LayerFusionLoraApply
 from .transparent import LayerFusionTransparentDecode, LayerFusionTransparentEncode
@@ -21,6 +22,8 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionTransparentEncode,
     LayerFusionLayerDiffuseCond,
     LayerFusionFlattenAlpha,
+    LayerFusionRecompose,
+    LayerFusionSaveLayers,
 ]
 
 

@@ -1,6 +1,7 @@
 // LayerFusion's frontend extension: what users want to look at.
 // - LayerFusion Transparent Decode: its RGBA output drawn over a checkerboard, so transparency shows.
 // - LayerFusion Masks: the soft mask drawn over the blend image it was used on.
+// - LayerFusion Save Layers: the layered files it wrote, listed as download links.
 // Pictures come from the node's own execution message (temp PNGs served by /view), as it runs
 // (onExecuted) and whenever the frontend restores or replaces the outputs it keeps (the
 // onNodeOutputsUpdated extension hook: reloading the page, opening a run from the queue). Nothing
@@ -10,8 +11,11 @@ import { api } from "../../scripts/api.js";
 
 const RGBA_KEY = "layerfusion_rgba";
 const MASKS_KEY = "layerfusion_masks";
+const FILES_KEY = "layerfusion_files";
 const PREVIEW_WIDGET = "layerfusion_preview";
 const PREVIEW_MIN_HEIGHT = 320; // px
+const FILES_WIDGET = "layerfusion_files";
+const FILES_MIN_HEIGHT = 60; // px
 const CHECKERBOARD = "repeating-conic-gradient(#bdbdbd 0% 25%, #ffffff 0% 50%) 50% / 16px 16px";
 
 function viewUrl(entry) {
@@ -84,7 +88,36 @@ function showMasks(node, pairs) {
   fitNode(node);
 }
 
-const PREVIEWS = { LayerFusionTransparentDecode: [RGBA_KEY, showRgba], LayerFusionMasks: [MASKS_KEY, showMasks] };
+function showFiles(node, entries) {
+  let widget = node.widgets?.find((w) => w.name === FILES_WIDGET);
+  if (!widget) {
+    const list = document.createElement("div");
+    list.className = "layerfusion-files";
+    Object.assign(list.style, { display: "flex", flexDirection: "column", gap: "2px", fontSize: "12px", overflow: "auto" });
+    widget = node.addDOMWidget(FILES_WIDGET, "layerfusion-files", list,
+                               { serialize: false, hideOnZoom: false, getMinHeight: () => FILES_MIN_HEIGHT });
+    widget.serialize = false;
+    if (typeof widget.computeLayoutSize !== "function") widget.computeSize = (width) => [width, FILES_MIN_HEIGHT];
+  }
+  const list = widget.element;
+  list.replaceChildren();
+  for (const entry of entries) {
+    const link = document.createElement("a");
+    link.className = "layerfusion-file";
+    link.href = viewUrl(entry);
+    link.download = entry.filename;
+    link.textContent = `${entry.subfolder ? entry.subfolder + "/" : ""}${entry.filename}`;
+    Object.assign(link.style, { color: "inherit", wordBreak: "break-all" });
+    list.appendChild(link);
+  }
+  fitNode(node);
+}
+
+const PREVIEWS = {
+  LayerFusionTransparentDecode: [RGBA_KEY, showRgba],
+  LayerFusionMasks: [MASKS_KEY, showMasks],
+  LayerFusionSaveLayers: [FILES_KEY, showFiles],
+};
 
 function drawOutput(node, output) {
   const preview = PREVIEWS[node?.constructor?.comfyClass ?? node?.type];

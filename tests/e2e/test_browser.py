@@ -114,19 +114,21 @@ def test_the_extension_inserts_no_html_from_execution_messages(frontend):
         open_comfy(page, server)
         found = page.evaluate("""(hostile) => {
             const results = {};
-            for (const [type, key, entry] of [
-                ['LayerFusionTransparentDecode', 'layerfusion_rgba', {filename: hostile, subfolder: hostile, type: 'temp'}],
+            for (const [type, key, entry, widget] of [
+                ['LayerFusionTransparentDecode', 'layerfusion_rgba', {filename: hostile, subfolder: hostile, type: 'temp'}, 'layerfusion_preview'],
                 ['LayerFusionMasks', 'layerfusion_masks', {soft: {filename: hostile, subfolder: '', type: 'temp'},
-                                                         blend: {filename: hostile, subfolder: hostile, type: 'temp'}}],
+                                                         blend: {filename: hostile, subfolder: hostile, type: 'temp'}}, 'layerfusion_preview'],
+                ['LayerFusionSaveLayers', 'layerfusion_files', {filename: hostile, subfolder: hostile, type: 'output'}, 'layerfusion_files'],
             ]) {
                 const node = window.LiteGraph.createNode(type);
                 window.app.graph.add(node);
                 node.onExecuted({[key]: [entry]});
-                const box = node.widgets.find(w => w.name === 'layerfusion_preview').element;
+                const box = node.widgets.find(w => w.name === widget).element;
                 results[type] = {
                     injected: box.querySelectorAll('.injected, [onerror]').length,
-                    images: Array.from(box.querySelectorAll('img')).map(i => i.getAttribute('src')),
+                    images: Array.from(box.querySelectorAll('img, a')).map(i => i.getAttribute('src') ?? i.getAttribute('href')),
                     text: box.textContent,
+                    links: Array.from(box.querySelectorAll('a')).map(a => a.textContent),
                 };
             }
             return results;
@@ -135,6 +137,36 @@ def test_the_extension_inserts_no_html_from_execution_messages(frontend):
         pwned = page.evaluate("() => window.__layerfusion_pwned === 1")
     assert not pwned
     for node_type, seen in found.items():
-        assert seen["injected"] == 0 and seen["text"] == "", (node_type, seen)
+        assert seen["injected"] == 0, (node_type, seen)
+        # text only where the node lists file names, and then the name itself, as text
+        assert seen["text"] == ("".join(seen["links"]) if seen["links"] else ""), (node_type, seen)
+        assert all(link == f"{HOSTILE}/{HOSTILE}" for link in seen["links"]), seen
         assert seen["images"] and all(src.startswith(("/view?", "/api/view?")) or "/view?" in src for src in seen["images"]), seen
         assert all("%3Cimg" in src and "<" not in src for src in seen["images"]), seen  # the name only URL-encoded
+
+
+def test_the_layered_files_a_run_saved_are_listed_on_the_node(frontend):
+    """The workflow that ends in a layered file, run in the browser: LayerFusion Save Layers lists
+    the PSD and OpenRaster files it wrote, each a link the server serves (the file itself)."""
+    import urllib.request
+
+    server, _args = frontend
+    graph = on_tiny_model(load_api("layerfusion_layered_file"), size=64, steps=2)
+    graph["sample"]["inputs"]["seed"] = 4242  # not served from the cache of another test
+    workflow = api_to_ui(graph, server.object_info())
+    with chromium_page() as (page, _errors):
+        open_comfy(page, server)
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        page.wait_for_function("() => document.querySelectorAll('.layerfusion-file').length >= 2", timeout=600_000)
+        links = page.evaluate("""() => Array.from(document.querySelectorAll('.layerfusion-file'))
+            .map(a => ({text: a.textContent, href: a.href, visible: a.getBoundingClientRect().height > 0}))""")
+    assert sorted(link["text"].rsplit(".", 1)[1] for link in links) == ["ora", "psd"], links
+    assert all(link["text"].startswith("LayerFusion/layers_") and link["visible"] for link in links), links
+    for link in links:
+        with urllib.request.urlopen(link["href"], timeout=30) as response:
+            data = response.read()
+        if link["text"].endswith(".psd"):
+            assert data[:4] == b"8BPS", link
+        else:  # a zip whose first entry is the uncompressed mimetype (OpenRaster's rule)
+            assert data[:4] == b"PK\x03\x04" and data[30:38] == b"mimetype" and data[38:54] == b"image/openraster", link

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from support.layered_readers import READERS
 from support.paths import PACK_NAME
 from support.ui_workflows import ui_to_api, widget_problems
 from support.workflows import API_DIR, on_tiny_model, output_paths
@@ -22,7 +23,7 @@ FLUX_FILE_INPUTS = {"UNETLoader": ["unet_name"], "DualCLIPLoader": ["clip_name1"
 
 def test_all_four_workflows_ship():
     assert TWINS == ["flux_transparent", "layerdiffuse_bg_blend_fg", "layerdiffuse_fg_blend_bg", "layerfusion",
-                     "layerfusion_bg_style_lora", "transparent_foreground", "transparent_img2img"]
+                     "layerfusion_bg_style_lora", "layerfusion_layered_file", "transparent_foreground", "transparent_img2img"]
     assert all((API_DIR.parent / f"{name}.json").is_file() for name in TWINS)
 
 
@@ -49,6 +50,16 @@ def test_api_twin_runs_and_saves_its_declared_outputs(server, name):
                 if source in TRANSPARENT_SOURCES:
                     assert img.mode == "RGBA", f"{name}: {path.name} has no alpha channel"
                     assert img.size == (64, 64) or name == "transparent_img2img"
+    for node_id in (node_id for node_id, node in graph.items() if node["class_type"] == "LayerFusionSaveLayers"):
+        files = outputs[node_id]["layerfusion_files"]
+        kinds = graph[node_id]["inputs"]["format"].split(" and ")
+        assert sorted(f["format"] for f in files) == sorted(kinds), files
+        for entry in files:  # each written file, re-read by an independent reader: the layers in their order
+            layers, _merged, size = READERS[entry["format"]](server.output_dir / entry["subfolder"] / entry["filename"])
+            assert size == (64, 64)
+            assert [(layer.name, layer.visible) for layer in layers] == [
+                ("background", True), ("foreground", True), ("composite", False), ("mask", False)]
+            assert layers[1].pixels[..., 3].min() < 255  # the foreground layer carries its transparency
 
 
 @pytest.mark.parametrize("name", TWINS)

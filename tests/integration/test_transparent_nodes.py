@@ -103,12 +103,23 @@ def test_decode_errors_name_the_node_and_input(tiny, layer_model):
         decode(latent, images[0:2])
 
 
-def test_encode_adds_the_offset_to_the_posterior(tiny, layer_model):
+def rgba_image(source: str) -> torch.Tensor:
+    """A random RGBA image with hard alpha, or the real soft-alpha RGBA PNG matplotlib ships."""
+    if source == "real":
+        from support.layered_readers import real_rgba
+
+        return torch.from_numpy(real_rgba()).float()[None] / 255.0
     gen = torch.Generator().manual_seed(3)
     image = torch.rand(1, 64, 64, 4, generator=gen)
     image[..., 3] = (torch.rand(1, 64, 64, generator=gen) > 0.5).float()
+    return image
+
+
+@pytest.mark.parametrize("source", ["random", "real"])
+def test_encode_adds_the_offset_to_the_posterior(tiny, layer_model, source):
+    image = rgba_image(source)
     latent = nodes.LayerFusionTransparentEncode.execute(image, tiny.vae, nodes.ENCODER_FILE).result[0]["samples"]
-    assert latent.shape == (1, 4, 8, 8)
+    assert latent.shape == (1, 4, image.shape[1] // 8, image.shape[2] // 8)
 
     rgb, alpha = image[..., :3].movedim(-1, 1), image[..., 3:].movedim(-1, 1)
     model = tiny.vae.first_stage_model
@@ -123,6 +134,11 @@ def test_encode_adds_the_offset_to_the_posterior(tiny, layer_model):
 
     as_mask = nodes.LayerFusionTransparentEncode.execute(image[..., :3], tiny.vae, nodes.ENCODER_FILE, 1.0 - image[..., 3]).result[0]
     assert torch.allclose(as_mask["samples"], latent, atol=1e-5)
+
+    images = tiny.vae.decode(latent)  # and back: Transparent Decode of that latent, at the image's size
+    rgba, _rgb, mask = decode({"samples": latent}, images)
+    assert rgba.shape == image.shape and torch.isfinite(rgba).all() and 0 <= rgba.min() and rgba.max() <= 1
+    assert torch.allclose(mask, 1.0 - rgba[..., 3])
 
 
 def test_encode_then_decode_a_sprite_through_the_real_sdxl_vae_architecture(layer_model):

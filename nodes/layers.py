@@ -1,0 +1,175 @@
+"""Layered files and recomposition: `LayerFusion Save Layers` (PSD / OpenRaster into ComfyUI's
+output folder) and `LayerFusion Recompose` (the foreground moved and scaled over the background)."""
+
+from __future__ import annotations
+
+import os
+
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..layerfusion_core import layered_files
+from .common import CATEGORY, MAX_RESOLUTION, node_error, require_finite
+from .previews import temp_pngs
+from .transparent import MASK_OPAQUE, MASK_TRANSPARENT
+
+SAVE = "LayerFusion Save Layers"
+RECOMPOSE = "LayerFusion Recompose"
+FORMAT_CHOICES = {"psd": ("psd",), "ora": ("ora",), "psd and ora": ("psd", "ora")}
+FILES_KEY = "layerfusion_files"  # the saved files in the node's UI output, listed by web/layerfusion.js
+RGBA_FIX = ("Connect the RGBA output of LayerFusion Transparent Decode, or join an image with its alpha "
+            "(ComfyUI's Join Image with Alpha).")
+
+
+def _require_images(node: str, name: str, image: torch.Tensor | None, channels: tuple[int, ...]) -> None:
+    if image is None:
+        return
+    if image.ndim != 4 or image.shape[-1] not in channels:
+        shape = "x".join(str(s) for s in image.shape)
+        wanted = " or ".join(str(c) for c in channels)
+        fix = RGBA_FIX if channels == (4,) else "Connect an IMAGE."
+        raise node_error(node, name, f"has shape {shape}, expected [batch, height, width, {wanted}] "
+                                     f"({'RGBA: colour and alpha' if channels == (4,) else 'RGB or RGBA'})", fix)
+    if image.shape[0] == 0:
+        raise node_error(node, name, "is an empty batch (0 images)", "Check the node that produced it.")
+    require_finite(node, name, image)
+
+
+def _batch_of(node: str, name: str, image: torch.Tensor, batch: int) -> torch.Tensor:
+    """``image`` with ``batch`` rows: a single image is used for every one."""
+    if image.shape[0] == batch:
+        return image
+    if image.shape[0] == 1:
+        return image.expand(batch, *image.shape[1:])
+    raise node_error(node, name, f"has {image.shape[0]} images, the foreground has {batch}",
+                     "Give as many as the foreground, or one for all.")
+
+
+def _same_size(node: str, name: str, image: torch.Tensor, height: int, width: int) -> None:
+    if tuple(image.shape[1:3]) != (height, width):
+        raise node_error(node, name, f"is {image.shape[2]}x{image.shape[1]}, the foreground is {width}x{height}",
+                         "Layers of one file share one canvas: resize it (or use LayerFusion Recompose to place the "
+                         "foreground on a larger background first).")
+
+
+def _foreground_input() -> io.Image.Input:
+    return io.Image.Input("foreground", tooltip="The transparent foreground: RGBA (LayerFusion Transparent Decode's RGBA).")
+
+
+class LayerFusionSaveLayers(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionSaveLayers",
+            display_name=SAVE,
+            category=CATEGORY,
+            is_output_node=True,
+            description=(
+                "Save each layered set as one layered file in ComfyUI's output folder: PSD (Photoshop, Photopea, "
+                "Krita, GIMP) or OpenRaster .ora (GIMP, Krita). Layers, bottom to top: background, foreground (with "
+                "its transparency, straight alpha kept exactly), composite (hidden), and the mask (hidden) if given."
+            ),
+            inputs=[
+                _foreground_input(),
+                io.Image.Input("background", tooltip="The background layer (RGB or RGBA), the foreground's size. One image "
+                                                     "is used for every set."),
+                io.Image.Input("composite", optional=True,
+                               tooltip="The harmonised composite (the blend stream), saved as a hidden layer."),
+                io.Mask.Input("mask", optional=True, tooltip="A mask (e.g. LayerFusion Masks' soft mask), saved as a "
+                                                             "hidden grey layer (white = 1)."),
+                io.Combo.Input("format", options=list(FORMAT_CHOICES), default="psd",
+                               tooltip="psd: Photoshop document. ora: OpenRaster. psd and ora: both files per set."),
+                io.String.Input("filename_prefix", default="LayerFusion/layers",
+                                tooltip="Where in the output folder, and the file names' start (as in Save Image; "
+                                        "%date% style placeholders work too)."),
+            ],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, foreground, background, format: str, filename_prefix: str, composite=None, mask=None) -> io.NodeOutput:
+        _require_images(SAVE, "foreground", foreground, (4,))
+        _require_images(SAVE, "background", background, (3, 4))
+        _require_images(SAVE, "composite", composite, (3, 4))
+        if format not in FORMAT_CHOICES:
+            raise node_error(SAVE, "format", f"is {format!r}", f"Choose one of {', '.join(FORMAT_CHOICES)}.")
+        batch, height, width, _ = foreground.shape
+        background = _batch_of(SAVE, "background", background, batch)
+        _same_size(SAVE, "background", background, height, width)
+        if composite is not None:
+            composite = _batch_of(SAVE, "composite", composite, batch)
+            _same_size(SAVE, "composite", composite, height, width)
+        if mask is not None:
+            mask = mask[None] if mask.ndim == 2 else mask
+            if mask.ndim != 3 or mask.shape[0] == 0:
+                raise node_error(SAVE, "mask", f"has shape {tuple(mask.shape)}, expected [batch, height, width]", "Connect a MASK.")
+            mask = _batch_of(SAVE, "mask", mask, batch)
+            _same_size(SAVE, "mask", mask, height, width)
+
+        output_dir = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width, height)
+        files, flats = [], []
+        progress = comfy.utils.ProgressBar(batch)
+        for index in range(batch):
+            layers = [
+                layered_files.Layer("background", layered_files.opaque(layered_files.to_uint8(background[index]))),
+                layered_files.Layer("foreground", layered_files.to_uint8(foreground[index])),
+            ]
+            if composite is not None:
+                layers.append(layered_files.Layer("composite", layered_files.opaque(layered_files.to_uint8(composite[index])), visible=False))
+            if mask is not None:
+                grey = layered_files.to_uint8(mask[index][..., None].expand(height, width, 3))
+                layers.append(layered_files.Layer("mask", layered_files.opaque(grey), visible=False))
+            for kind in FORMAT_CHOICES[format]:
+                file_name = f"{name}_{counter + index:05}_.{kind}"
+                layered_files.WRITERS[kind](os.path.join(folder, file_name), layers)
+                files.append({"filename": file_name, "subfolder": subfolder, "type": "output", "format": kind})
+            flats.append(torch.from_numpy(layered_files.merged(layers)).float() / 255.0)
+            progress.update(1)
+        return io.NodeOutput(ui={"images": temp_pngs(torch.stack(flats)), FILES_KEY: files})
+
+
+class LayerFusionRecompose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionRecompose",
+            display_name=RECOMPOSE,
+            category=CATEGORY,
+            description=(
+                "Place the transparent foreground over a background at an offset and a scale (straight-alpha "
+                "compositing): move or resize the subject after generating it. Outputs the new composite and the "
+                "placed foreground's alpha as a MASK."
+            ),
+            inputs=[
+                _foreground_input(),
+                io.Image.Input("background", tooltip="The background (RGB, or RGBA for a transparent result); sets the "
+                                                     "canvas size. One image is used for every foreground."),
+                io.Int.Input("x", default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION,
+                             tooltip="Pixels from the background's left edge to the scaled foreground's left edge."),
+                io.Int.Input("y", default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION,
+                             tooltip="Pixels from the background's top edge to the scaled foreground's top edge."),
+                io.Float.Input("scale", default=1.0, min=0.05, max=8.0, step=0.05,
+                               tooltip="The foreground's size factor (1 = as generated)."),
+                io.Combo.Input("mask_polarity", options=[MASK_TRANSPARENT, MASK_OPAQUE], default=MASK_TRANSPARENT,
+                               tooltip="1 = transparent: ComfyUI's convention (as Load Image gives). 1 = opaque: the alpha itself."),
+            ],
+            outputs=[
+                io.Image.Output("image", display_name="IMAGE", tooltip="The foreground over the background."),
+                io.Mask.Output("mask", display_name="MASK", tooltip="Where the placed foreground is, with the chosen polarity."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, foreground, background, x: int, y: int, scale: float, mask_polarity: str) -> io.NodeOutput:
+        _require_images(RECOMPOSE, "foreground", foreground, (4,))
+        _require_images(RECOMPOSE, "background", background, (3, 4))
+        batch = foreground.shape[0]
+        background = _batch_of(RECOMPOSE, "background", background, batch)
+        height, width = background.shape[1:3]
+        placed = layered_files.place(foreground, height, width, x, y, scale)
+        image = layered_files.composite_over(placed, background.float())
+        alpha = placed[..., 3]
+        return io.NodeOutput(image, 1.0 - alpha if mask_polarity == MASK_TRANSPARENT else alpha)
