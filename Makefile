@@ -4,7 +4,7 @@ VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
 DOWNLOAD_ARGS ?= --list
 
-.PHONY: setup browser test test-unit test-integration test-e2e demo bench serve download clean
+.PHONY: setup browser test test-unit test-integration test-e2e demo bench bench-gpu serve download clean
 
 setup:
 	@$(PYTHON) scripts/bootstrap.py setup
@@ -29,6 +29,11 @@ demo: setup
 
 bench: setup
 	$(VENV_PY) scripts/bench.py $(BENCH_ARGS)
+
+# On a machine with an NVIDIA GPU: the real size, one process, under 6 minutes (scripts/bench_gpu.py).
+BENCH_GPU_OUT ?= bench/gpu
+bench-gpu: setup
+	$(VENV_PY) scripts/bench_gpu.py --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
 
 serve: setup
 	$(VENV_PY) scripts/serve.py $(SERVE_ARGS)

@@ -70,15 +70,15 @@ def seeded_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def build_unet(variant: str = "depth1", seed: int = 0, operations=None):
-    """A ComfyUI ModelPatcher around a tiny ``model_base.SDXL`` (fp32, eps-prediction), its layers
-    from ``operations`` (a comfy.ops class; ComfyUI's own choice when None)."""
+def build_unet(variant: str = "depth1", seed: int = 0, operations=None, dtype: torch.dtype = torch.float32):
+    """A ComfyUI ModelPatcher around a tiny ``model_base.SDXL`` (eps-prediction, weights in ``dtype``,
+    fp32 unless told), its layers from ``operations`` (a comfy.ops class; ComfyUI's own choice when None)."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
     model_config = comfy.supported_models.SDXL(unet_config(variant))
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model_config.custom_operations = operations
     model = model_config.get_model({}, device="cpu")
     seeded_init_(model.diffusion_model, seed)
