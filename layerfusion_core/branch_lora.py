@@ -53,6 +53,12 @@ class BranchLoRA:
         self.key, self.layers, self.branch, self.file_name = key, layers, branch, file_name
         self._handles: dict[int, list[torch.utils.hooks.RemovableHandle]] = {}  # id(model) -> its hooks
 
+    def __deepcopy__(self, memo) -> "BranchLoRA":
+        # ComfyUI deep-copies model_options on every clone: the factors are never changed and the
+        # injection that attaches them is shared by the clones already, so share this too (no
+        # second copy of the LoRA per clone, and one record of the hooks attached)
+        return self
+
     def attach(self, model: torch.nn.Module) -> None:
         if id(model) in self._handles:
             return

@@ -75,6 +75,14 @@ def test_the_input_model_is_never_changed(unet, attn):
     assert not any(m._forward_hooks for m in unet.model.modules())  # the patched clone's hooks were ejected
 
 
+def test_clones_share_the_branch_lora_and_its_factors(layered, attn):
+    """ComfyUI deep-copies model_options on every clone: the LoRA's factors must not be copied with them."""
+    patched = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0)
+    (mine,) = patching.branch_loras(patched)
+    (theirs,) = patching.branch_loras(patched.clone().clone())
+    assert theirs is mine and patched.clone().injections.keys() == {mine.key}
+
+
 def test_plain_batch_fg_patches_every_row_and_bg_is_refused(unet, attn):
     before = sample(unet, 2)
     assert changed_rows(sample(patching.apply_branch_lora(unet, attn, Branch.FG, 1.0), 2), before, CHANGED) == [0, 1]
