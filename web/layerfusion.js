@@ -23,26 +23,30 @@ function viewUrl(entry) {
   return api.apiURL(`/view?${params.toString()}`);
 }
 
-function previewBox(node) {
-  let widget = node.widgets?.find((w) => w.name === PREVIEW_WIDGET);
+// The node's own DOM widget ``name`` (made on first use), emptied. Its height: options.getMinHeight
+// for frontends that lay DOM widgets out themselves (1.58 here), computeSize for older ones (1.32).
+function domWidget(node, name, style, minHeight, height) {
+  let widget = node.widgets?.find((w) => w.name === name);
   if (!widget) {
-    const box = document.createElement("div");
-    box.className = "layerfusion-preview";
-    Object.assign(box.style, { display: "flex", flexWrap: "wrap", gap: "4px", width: "100%", height: "100%", overflow: "hidden" });
-    // its height: options.getMinHeight for frontends that lay DOM widgets out themselves (1.4x and
-    // later), computeSize for the older ones
-    widget = node.addDOMWidget(PREVIEW_WIDGET, "layerfusion-preview", box,
-                               { serialize: false, hideOnZoom: false, getMinHeight: () => PREVIEW_MIN_HEIGHT });
+    const element = document.createElement("div");
+    element.className = name.replace("_", "-");
+    Object.assign(element.style, style);
+    widget = node.addDOMWidget(name, element.className, element,
+                               { serialize: false, hideOnZoom: false, getMinHeight: () => minHeight });
     widget.serialize = false;
-    if (typeof widget.computeLayoutSize !== "function") {
-      widget.computeSize = (width) => [width, Math.max(PREVIEW_MIN_HEIGHT, width)];
-    }
+    if (typeof widget.computeLayoutSize !== "function") widget.computeSize = (width) => [width, height(width)];
   }
   widget.element.replaceChildren();
   return widget.element;
 }
 
-// Grow the node to hold its preview: frontends since about 1.4x no longer resize a node for a DOM
+function previewBox(node) {
+  return domWidget(node, PREVIEW_WIDGET,
+                   { display: "flex", flexWrap: "wrap", gap: "4px", width: "100%", height: "100%", overflow: "hidden" },
+                   PREVIEW_MIN_HEIGHT, (width) => Math.max(PREVIEW_MIN_HEIGHT, width));
+}
+
+// Grow the node to hold its preview: newer frontends (1.58 here) do not resize a node for a DOM
 // widget added after it was created, and hide the part that falls outside the node.
 function fitNode(node) {
   const wanted = node.computeSize?.();
@@ -89,18 +93,9 @@ function showMasks(node, pairs) {
 }
 
 function showFiles(node, entries) {
-  let widget = node.widgets?.find((w) => w.name === FILES_WIDGET);
-  if (!widget) {
-    const list = document.createElement("div");
-    list.className = "layerfusion-files";
-    Object.assign(list.style, { display: "flex", flexDirection: "column", gap: "2px", fontSize: "12px", overflow: "auto" });
-    widget = node.addDOMWidget(FILES_WIDGET, "layerfusion-files", list,
-                               { serialize: false, hideOnZoom: false, getMinHeight: () => FILES_MIN_HEIGHT });
-    widget.serialize = false;
-    if (typeof widget.computeLayoutSize !== "function") widget.computeSize = (width) => [width, FILES_MIN_HEIGHT];
-  }
-  const list = widget.element;
-  list.replaceChildren();
+  const list = domWidget(node, FILES_WIDGET,
+                         { display: "flex", flexDirection: "column", gap: "2px", fontSize: "12px", overflow: "auto" },
+                         FILES_MIN_HEIGHT, () => FILES_MIN_HEIGHT);
   for (const entry of entries) {
     const link = document.createElement("a");
     link.className = "layerfusion-file";

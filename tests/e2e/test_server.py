@@ -16,12 +16,15 @@ from support.workflows import load_api, on_tiny_model, output_paths, saved_image
 PACK_NODES = {
     "LayerFusionConditioning", "LayerFusionEmptyLatent", "LayerFusionSplit", "LayerFusionApply", "LayerFusionMasks",
     "LayerFusionLoraApply", "LayerFusionTransparentDecode", "LayerFusionTransparentEncode",
+    "LayerFusionLayerDiffuseCond", "LayerFusionFlattenAlpha", "LayerFusionRecompose", "LayerFusionSaveLayers",
 }
 
 
 def test_pack_nodes_are_in_object_info(server):
     info = server.object_info()
     assert PACK_NODES <= set(info)
+    pack_ids = {k for k in info if k.startswith("LayerFusion") and not k.startswith("LayerFusionTest")}
+    assert pack_ids == PACK_NODES  # every shipped node id, and no other (ids never change once shipped)
     for node_id in PACK_NODES:
         node = info[node_id]
         assert node["category"] == "LayerFusion"
