@@ -27,16 +27,22 @@ NODE = "LayerFusion LoRA Apply"
 
 @dataclasses.dataclass(frozen=True)
 class LayerFactors:
-    """One layer's factors: ``up`` ``[out, r]``, ``down`` ``[r, in]`` (in the compute dtype) and the scale."""
+    """One layer's factors: ``up`` ``[out, r]``, ``down`` ``[r, in]`` (in the compute dtype) and the
+    scale. The factors are copied to a call's device and dtype once and kept there (``placed``)
+    until the model is unloaded (`BranchLoRA.release`), not at every call."""
 
     up: torch.Tensor
     down: torch.Tensor
     scale: float
+    placed: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # (device, dtype) -> (down, up)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """``scale * (x @ down^T) @ up^T`` for ``x`` ``[..., in]``."""
-        down = self.down.to(device=x.device, dtype=x.dtype)
-        up = self.up.to(device=x.device, dtype=x.dtype)
+        key = (x.device, x.dtype)
+        factors = self.placed.get(key)
+        if factors is None:
+            factors = self.placed[key] = (self.down.to(device=x.device, dtype=x.dtype), self.up.to(device=x.device, dtype=x.dtype))
+        down, up = factors
         return F.linear(F.linear(x, down), up) * self.scale
 
 
@@ -76,8 +82,10 @@ class BranchLoRA:
         for handle in self._handles.pop(id(model), []):
             handle.remove()
 
-    def attached_to(self, model: torch.nn.Module) -> bool:
-        return id(model) in self._handles
+    def release(self) -> None:
+        """Drop the factors' copies on the devices calls ran on (when the model leaves its device)."""
+        for factors in self.layers.values():
+            factors.placed.clear()
 
     def _hook(self, index: int, factors: LayerFactors):
         key, branch, file_name = self.key, self.branch, self.file_name

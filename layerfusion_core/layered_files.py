@@ -67,12 +67,13 @@ def merged(layers: list[Layer]) -> np.ndarray:
     return to_uint8(out)
 
 
-def write_psd(path: str | Path, layers: list[Layer]) -> None:
-    """A PSD (RGBA, 8 bits) with ``layers`` (bottom first) and the visible stack as its merged image."""
+def write_psd(path: str | Path, layers: list[Layer], flat: np.ndarray | None = None) -> None:
+    """A PSD (RGBA, 8 bits) with ``layers`` (bottom first) and the visible stack (``flat``, made
+    here when not given) as its merged image."""
     from psd_tools import PSDImage
     from psd_tools.api.layers import PixelLayer
 
-    document = PSDImage.frompil(Image.fromarray(merged(layers), "RGBA"))
+    document = PSDImage.frompil(Image.fromarray(merged(layers) if flat is None else flat, "RGBA"))
     for layer in layers:
         pixel_layer = PixelLayer.frompil(Image.fromarray(layer.pixels, "RGBA"), document, layer.name)
         pixel_layer.visible = layer.visible
@@ -90,8 +91,9 @@ def _file_stem(index: int, name: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', name).strip('_') or 'layer'}"
 
 
-def write_ora(path: str | Path, layers: list[Layer]) -> None:
-    """An OpenRaster file with ``layers`` (bottom first), its merged image and thumbnail."""
+def write_ora(path: str | Path, layers: list[Layer], flat: np.ndarray | None = None) -> None:
+    """An OpenRaster file with ``layers`` (bottom first), its merged image (``flat``, made here when
+    not given) and thumbnail."""
     height, width = layers[0].pixels.shape[:2]
     sources = [f"data/{_file_stem(i, layer.name)}.png" for i, layer in enumerate(layers)]
     entries = "".join(
@@ -101,7 +103,7 @@ def write_ora(path: str | Path, layers: list[Layer]) -> None:
     )
     stack = (f'<?xml version="1.0" encoding="UTF-8"?>\n<image version="0.0.3" w="{width}" h="{height}">\n'
              f"  <stack>\n{entries}  </stack>\n</image>\n")
-    flat = merged(layers)
+    flat = merged(layers) if flat is None else flat
     thumbnail = Image.fromarray(flat, "RGBA")
     thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     with zipfile.ZipFile(path, "w") as archive:

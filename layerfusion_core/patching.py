@@ -180,6 +180,10 @@ def apply_branch_lora(
         hooks = BranchLoRA(f"{BRANCH_LORA_KEY}.{uuid.uuid4().hex}", layers, branch, lora.file_name)
         patched.set_injections(hooks.key, [comfy.patcher_extension.PatcherInjection(
             inject=lambda patcher: hooks.attach(patcher.model), eject=lambda patcher: hooks.detach(patcher.model))])
+        # ComfyUI ejects and re-injects around many steps of a run; the factors' device copies go
+        # only when the model itself is unloaded (ON_DETACH)
+        patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DETACH, hooks.key,
+                                      lambda patcher, *args: hooks.release())
         options = dict(patched.model_options.get("transformer_options", {}))
         options[BRANCH_LORA_OPTION] = {**options.get(BRANCH_LORA_OPTION, {}), hooks.key: hooks}
         patched.model_options["transformer_options"] = options

@@ -12,13 +12,12 @@ from comfy_api.latest import io
 
 from ..layerfusion_core import layered_files
 from .common import CATEGORY, MAX_RESOLUTION, node_error, require_finite
-from .previews import temp_pngs
+from .previews import FILES_KEY, temp_pngs
 from .transparent import MASK_OPAQUE, MASK_TRANSPARENT
 
 SAVE = "LayerFusion Save Layers"
 RECOMPOSE = "LayerFusion Recompose"
 FORMAT_CHOICES = {"psd": ("psd",), "ora": ("ora",), "psd and ora": ("psd", "ora")}
-FILES_KEY = "layerfusion_files"  # the saved files in the node's UI output, listed by web/layerfusion.js
 RGBA_FIX = ("Connect the RGBA output of LayerFusion Transparent Decode, or join an image with its alpha "
             "(ComfyUI's Join Image with Alpha).")
 
@@ -122,11 +121,12 @@ class LayerFusionSaveLayers(io.ComfyNode):
             if mask is not None:
                 grey = layered_files.to_uint8(mask[index][..., None].expand(height, width, 3))
                 layers.append(layered_files.Layer("mask", layered_files.opaque(grey), visible=False))
+            flat = layered_files.merged(layers)  # once per set: the files' merged image and the preview
             for kind in FORMAT_CHOICES[format]:
                 file_name = f"{name}_{counter + index:05}_.{kind}"
-                layered_files.WRITERS[kind](os.path.join(folder, file_name), layers)
+                layered_files.WRITERS[kind](os.path.join(folder, file_name), layers, flat)
                 files.append({"filename": file_name, "subfolder": subfolder, "type": "output", "format": kind})
-            flats.append(torch.from_numpy(layered_files.merged(layers)).float() / 255.0)
+            flats.append(torch.from_numpy(flat).float() / 255.0)
             progress.update(1)
         return io.NodeOutput(ui={"images": temp_pngs(torch.stack(flats)), FILES_KEY: files})
 

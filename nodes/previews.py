@@ -11,6 +11,7 @@ from comfy_api.latest import io, ui
 
 RGBA_KEY = "layerfusion_rgba"  # RGBA previews, drawn over a checkerboard by web/layerfusion.js
 MASKS_KEY = "layerfusion_masks"  # {"soft": ..., "blend": ...} pairs, the mask drawn over the blend image
+FILES_KEY = "layerfusion_files"  # files a node saved (Save Layers), listed as links
 
 
 def intermediate_output() -> dict:

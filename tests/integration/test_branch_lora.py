@@ -83,6 +83,30 @@ def test_clones_share_the_branch_lora_and_its_factors(layered, attn):
     assert theirs is mine and patched.clone().injections.keys() == {mine.key}
 
 
+def test_the_factors_are_placed_on_the_call_device_once_and_let_go_when_unloaded(layered, attn):
+    """Not copied to the device at every call: one placed copy per (device, dtype), kept while the
+    model is loaded (ComfyUI ejects and re-injects the hooks around parts of every run), dropped
+    when ComfyUI unloads the model."""
+    import comfy.model_management
+
+    patched = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0)
+    (lora,) = patching.branch_loras(patched)
+    sample(patched, ROWS)
+    placed = {path: dict(f.placed) for path, f in lora.layers.items()}
+    assert all(len(p) == 1 for p in placed.values()), sorted({len(p) for p in placed.values()})
+    sample(patched, ROWS)  # still loaded: the same copies serve the next run
+    assert all(f.placed[k][0] is placed[path][k][0] for path, f in lora.layers.items() for k in f.placed)
+    factors = next(iter(lora.layers.values()))
+    x = torch.randn(2, factors.down.shape[1], dtype=torch.float64)  # another dtype: a real copy
+    factors.delta(x)
+    copy = factors.placed[(x.device, torch.float64)][0]
+    assert copy is not factors.down and copy.dtype == torch.float64
+    factors.delta(x)
+    assert factors.placed[(x.device, torch.float64)][0] is copy
+    comfy.model_management.unload_all_models()
+    assert all(not f.placed for f in lora.layers.values())
+
+
 def test_plain_batch_fg_patches_every_row_and_bg_is_refused(unet, attn):
     before = sample(unet, 2)
     assert changed_rows(sample(patching.apply_branch_lora(unet, attn, Branch.FG, 1.0), 2), before, CHANGED) == [0, 1]
