@@ -7,10 +7,10 @@ DOWNLOAD_ARGS ?= --list
 .PHONY: setup browser test test-unit test-integration test-e2e demo bench bench-gpu serve download clean
 
 setup:
-	@$(PYTHON) scripts/bootstrap.py setup
+	@$(PYTHON) -m layerfusion_dev.bootstrap setup
 
 browser:
-	@$(PYTHON) scripts/bootstrap.py browser
+	@$(PYTHON) -m layerfusion_dev.bootstrap browser
 
 test: setup browser
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
@@ -25,18 +25,18 @@ test-e2e: setup browser
 	$(VENV_PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV_PY) scripts/demo.py $(DEMO_ARGS)
+	$(VENV_PY) -m layerfusion_dev.demo $(DEMO_ARGS)
 
 bench: setup
-	$(VENV_PY) scripts/bench.py $(BENCH_ARGS)
+	$(VENV_PY) -m layerfusion_dev.bench $(BENCH_ARGS)
 
-# On a machine with an NVIDIA GPU: the real size, one process, under 6 minutes (scripts/bench_gpu.py).
+# On a machine with an NVIDIA GPU: the real size, one process, under 6 minutes (layerfusion_dev/bench_gpu.py).
 BENCH_GPU_OUT ?= bench/gpu
 bench-gpu: setup
-	$(VENV_PY) scripts/bench_gpu.py --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
+	$(VENV_PY) -m layerfusion_dev.bench_gpu --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
 
 serve: setup
-	$(VENV_PY) scripts/serve.py $(SERVE_ARGS)
+	$(VENV_PY) -m layerfusion_dev.serve $(SERVE_ARGS)
 
 download: setup
 	$(VENV_PY) scripts/download_models.py $(DOWNLOAD_ARGS)

@@ -10,7 +10,7 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     """ComfyUI's V3 extension entry point."""
-    from .layerfusion_core.weight_files import register_model_folders
+    from .layerfusion_core.weights.known_files import register_model_folders
     from .nodes import LayerFusionExtension
 
     register_model_folders()

@@ -1,6 +1,12 @@
-"""LayerFusion's core: the maths as plain functions over tensors, the modules that hold weights,
-and (in one module of its own) the code that touches ComfyUI's patch machinery.
+"""LayerFusion's core, grouped by concern:
 
-Nothing here imports ComfyUI at module import time except that one module, so the maths can be
+- `layout`: the [fg, bg, blend] * N batch, its rows and LATENTs;
+- `fusion`: the method as plain functions and state (settings, run, priors, masks, blends);
+- `transparency`: transparent decode/encode and LayerDiffuse's transparent VAE;
+- `weights`: the weight files and how they are found, read and downloaded;
+- `patching`: the one package that touches ComfyUI's patch machinery;
+- `layered_files`: PSD and OpenRaster files.
+
+Only `patching` imports ComfyUI at module import time (the loaders import it inside functions), so the maths can be
 tested on plain tensors.
 """

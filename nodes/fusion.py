@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core import conditioning as cond_core
-from ..layerfusion_core import fusion, masks_view
-from ..layerfusion_core.patching import EOS_KEY, apply_layerfusion, fusion_patch
-from ..layerfusion_core.priors import BgMode, BlendSwitches
+from ..layerfusion_core.fusion import conditioning as cond_core
+from ..layerfusion_core.fusion import mask_pictures
+from ..layerfusion_core.fusion.blending import BgMode, BlendSwitches
+from ..layerfusion_core.fusion.settings import FusionSettings, PriorMode
+from ..layerfusion_core.patching.layerfusion import FusionModelError, apply_layerfusion, fusion_patch
+from ..layerfusion_core.patching.options import EOS_KEY
 from .common import CATEGORY, node_error, require_finite, require_sdxl
 from .previews import intermediate_output, masks_preview
 
@@ -86,7 +88,7 @@ class LayerFusionApply(io.ComfyNode):
                                tooltip="Hardness of the hard mask: sigmoid(d * (soft - 0.5)). Higher: crisper."),
                 io.Float.Input("prior_at", default=0.8, min=0.0, max=1.0, step=0.01,
                                tooltip="Where the structure prior is taken: the first step with timestep <= prior_at * T (0.8: early)."),
-                io.Combo.Input("prior_mode", options=[m.value for m in fusion.PriorMode], default=fusion.PriorMode.PRIOR_PASS.value,
+                io.Combo.Input("prior_mode", options=[m.value for m in PriorMode], default=PriorMode.PRIOR_PASS.value,
                                tooltip="prior_pass: the foreground runs alone up to prior_at first, then the joint run blends "
                                        "from blend_start (the paper's figure). in_run: cheaper; taken inside the joint run, no "
                                        "blending before it."),
@@ -110,14 +112,14 @@ class LayerFusionApply(io.ComfyNode):
         require_sdxl(APPLY, model)
         if blend_end < blend_start:
             raise node_error(APPLY, "blend_end", f"{blend_end} is before blend_start {blend_start}", "Make blend_end >= blend_start.")
-        settings = fusion.FusionSettings(
-            d=d, prior_at=prior_at, prior_mode=fusion.PriorMode(prior_mode), blend_start=blend_start, blend_end=blend_end,
+        settings = FusionSettings(
+            d=d, prior_at=prior_at, prior_mode=PriorMode(prior_mode), blend_start=blend_start, blend_end=blend_end,
             bg_mode=BgMode(bg_mode), switches=BlendSwitches(blend=blend_blend, fg=blend_fg, bg=blend_bg),
         )
         try:
             return io.NodeOutput(apply_layerfusion(model, settings))
-        except TypeError as err:
-            raise node_error(APPLY, "model", str(err), "LayerFusion works on SDXL checkpoints.") from None
+        except FusionModelError as err:
+            raise node_error(APPLY, "model", str(err), err.fix) from None
 
 
 class LayerFusionMasks(io.ComfyNode):
@@ -133,7 +135,7 @@ class LayerFusionMasks(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model from LayerFusion Apply that went into the sampler."),
                 io.Latent.Input("samples", tooltip="The sampler's output (so this runs after it; sets the picture size)."),
-                io.String.Input("block", default=masks_view.DEFAULT_BLOCK,
+                io.String.Input("block", default=mask_pictures.DEFAULT_BLOCK,
                                 tooltip="'structure': the block the structure prior comes from (SDXL's last, output 5 1); or any "
                                         "transformer block as 'input|middle|output <id> <index>', e.g. 'middle 0 0'."),
                 io.Int.Input("step", default=-1, min=-1, max=10000,
@@ -157,12 +159,12 @@ class LayerFusionMasks(io.ComfyNode):
             raise node_error(MASKS, "model", "has no LayerFusion Apply", "Connect the model that went into the sampler.")
         size = tuple(8 * s for s in samples["samples"].shape[-2:])
         try:
-            structure, soft, hard = masks_view.maps(
-                patch.recorder, masks_view.parse_block(block, patch.settings.structure_block), step, patch.settings.d, size)
+            structure, soft, hard = mask_pictures.maps(
+                patch.records.record, mask_pictures.parse_block(block, patch.settings.structure_block), step, patch.settings.d, size)
         except ValueError as err:
             raise node_error(MASKS, "block", str(err), "Run the sampler first, then pick a block and step it recorded.") from None
         if blend_image is not None and tuple(blend_image.shape[1:3]) != tuple(soft.shape[-2:]):
             raise node_error(MASKS, "blend_image", f"is {tuple(blend_image.shape[1:3])}, the masks {tuple(soft.shape[-2:])}",
                              "Connect the VAE Decode of the blend stream of the same run.")
-        return io.NodeOutput(structure, soft, hard, masks_view.side_by_side(structure, soft, hard),
+        return io.NodeOutput(structure, soft, hard, mask_pictures.side_by_side(structure, soft, hard),
                              ui=masks_preview(soft, blend_image))

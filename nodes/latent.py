@@ -5,8 +5,8 @@ from __future__ import annotations
 import comfy.model_management
 from comfy_api.latest import io
 
-from ..layerfusion_core.latents import empty_layered_latent, split_layered_latent
-from ..layerfusion_core.streams import STREAMS_PER_SET, Stream
+from ..layerfusion_core.layout.latents import empty_layered_latent, split_layered_latent
+from ..layerfusion_core.layout.streams import STREAMS_PER_SET, Stream
 from .common import CATEGORY, MAX_RESOLUTION, node_error, require_finite
 
 

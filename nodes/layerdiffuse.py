@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core import weight_files
-from ..layerfusion_core.lora_files import LoRAFileError, load_conditional
-from ..layerfusion_core.patching import layerdiffuse_conditional, unet_shapes
-from ..layerfusion_core.transparency import flatten_on_grey, rgba_planes
+from ..layerfusion_core.weights import known_files
+from ..layerfusion_core.weights.lora_files import LoRAFileError, load_conditional
+from ..layerfusion_core.patching.layerdiffuse_conditional import layerdiffuse_conditional
+from ..layerfusion_core.patching.model_info import unet_shapes
+from ..layerfusion_core.transparency.codec import flatten_on_grey, rgba_planes
 from .common import CATEGORY, node_error, require_finite, require_sdxl
 
 COND = "LayerFusion LayerDiffuse Conditional"
@@ -34,7 +35,7 @@ class LayerFusionLayerDiffuseCond(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="The negative prompt."),
                 io.Latent.Input("condition", tooltip="The first condition: the foreground (fg2ble, fgble2bg) or the background "
                                                      "(bg2ble, bgble2fg), VAE-encoded; RGBA images flattened onto grey first."),
-                io.Combo.Input("model_name", options=weight_files.list_files(weight_files.LAYER_MODEL_FOLDER),
+                io.Combo.Input("model_name", options=known_files.list_files(known_files.LAYER_MODEL_FOLDER),
                                tooltip="layer_xl_fg2ble, _bg2ble, _fgble2bg or _bgble2fg from models/layer_model."),
                 io.Float.Input("weight", default=1.0, min=-2.0, max=3.0, step=0.05, tooltip="Strength of the conditional model."),
                 io.Float.Input("stop_at", default=1.0, min=0.0, max=1.0, step=0.01,
@@ -57,7 +58,7 @@ class LayerFusionLayerDiffuseCond(io.ComfyNode):
             for tensor, _ in conds:
                 require_finite(COND, name, tensor)
         try:
-            lora, expected = load_conditional(weight_files.resolve(model_name, (weight_files.LAYER_MODEL_FOLDER,)), model.model,
+            lora, expected = load_conditional(known_files.resolve(model_name, (known_files.LAYER_MODEL_FOLDER,)), model.model,
                                               unet_shapes(model))
         except (FileNotFoundError, LoRAFileError) as err:
             raise node_error(COND, "model_name", str(err), "Choose one of LayerDiffuse's conditional SDXL files.") from None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..layerfusion_core import weight_files
-from ..layerfusion_core.lora_files import LoRAFileError, load_lora
-from ..layerfusion_core.patching import Branch, apply_branch_lora, unet_shapes
+from ..layerfusion_core.weights import known_files
+from ..layerfusion_core.weights.lora_files import LoRAFileError, load_lora
+from ..layerfusion_core.layout.rows import Branch
+from ..layerfusion_core.patching.branch_lora import apply_branch_lora
+from ..layerfusion_core.patching.model_info import unet_shapes
 from .common import CATEGORY, node_error, require_sdxl
 
 NODE = "LayerFusion LoRA Apply"
@@ -29,7 +31,7 @@ class LayerFusionLoraApply(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The SDXL model. It is not changed; a patched copy is returned."),
                 io.Combo.Input(
-                    "lora_name", options=weight_files.lora_choices(),
+                    "lora_name", options=known_files.lora_choices(),
                     tooltip="A file from models/layer_model (LayerDiffuse) or models/loras. Only .safetensors files are listed.",
                 ),
                 io.Combo.Input(
@@ -45,11 +47,11 @@ class LayerFusionLoraApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name: str, branch: str, weight: float) -> io.NodeOutput:
-        known = weight_files.known_file(lora_name)
+        known = known_files.known_file(lora_name)
         if known is not None and known.arch == "sdxl":
             require_sdxl(NODE, model)
         try:
-            path = weight_files.resolve(lora_name)
+            path = known_files.resolve(lora_name)
             lora = load_lora(path, model.model, unet_shapes(model))
             patched = apply_branch_lora(model, lora, Branch(branch), weight)
         except FileNotFoundError as err:

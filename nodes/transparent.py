@@ -8,16 +8,16 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core import weight_files
-from ..layerfusion_core.latents import stream_inputs
-from ..layerfusion_core.safetensors_io import WeightFileError
-from ..layerfusion_core.streams import Stream
-from ..layerfusion_core.transparency import (
+from ..layerfusion_core.weights import known_files
+from ..layerfusion_core.layout.latents import stream_inputs
+from ..layerfusion_core.weights.safetensors_io import WeightFileError
+from ..layerfusion_core.layout.streams import Stream
+from ..layerfusion_core.transparency.codec import (
     AUGMENTATIONS, IDENTITY, decode_rgba, encoder_input, flatten_on_grey, latent_fits, offset_latent, rgba_planes, same_aspect,
 )
-from ..layerfusion_core.transparent_variants import BY_LATENT_CHANNELS, FLUX, SDXL, TransparentVariant
-from ..layerfusion_core.transparent_vae import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
-from ..layerfusion_core.vae_models import ManagedModule, load_managed, posterior_moments
+from ..layerfusion_core.transparency.variants import BY_LATENT_CHANNELS, FLUX, SDXL, TransparentVariant
+from ..layerfusion_core.transparency.networks import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
+from ..layerfusion_core.transparency.loading import ManagedModule, load_managed, posterior_moments
 from .common import CATEGORY, node_error, require_finite
 from .previews import intermediate_output, rgba_preview
 
@@ -35,13 +35,13 @@ STREAMS = ("fg", "bg", "blend", "all")
 
 
 def _file_input(name: str, default: str, tooltip: str) -> io.Combo.Input:
-    options = weight_files.list_files(weight_files.LAYER_MODEL_FOLDER)
+    options = known_files.list_files(known_files.LAYER_MODEL_FOLDER)
     return io.Combo.Input(name, options=options, default=default if default in options else None, tooltip=tooltip)
 
 
 def _resolve(node: str, input_name: str, file_name: str) -> str:
     try:
-        return weight_files.resolve(file_name, (weight_files.LAYER_MODEL_FOLDER,))
+        return known_files.resolve(file_name, (known_files.LAYER_MODEL_FOLDER,))
     except FileNotFoundError as err:
         raise node_error(node, input_name, str(err), "Then choose it here.") from None
 

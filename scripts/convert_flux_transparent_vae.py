@@ -16,12 +16,13 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _pack
 
-from layerfusion_core import downloads, flux_convert  # noqa: E402
-from layerfusion_core.weight_files import LAYER_MODEL_FOLDER  # noqa: E402
+_pack.load_core()
+from layerfusion_core.transparency import flux_convert  # noqa: E402
+from layerfusion_core.weights import downloads  # noqa: E402
+from layerfusion_core.weights.known_files import LAYER_MODEL_FOLDER  # noqa: E402
 
 PROG = "convert_flux_transparent_vae"
 

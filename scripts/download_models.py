@@ -6,7 +6,7 @@
 Runs with the Python of the ComfyUI the pack is installed in (it needs huggingface_hub, which the
 pack's requirements.txt names). The models folder is --models-dir, else the ComfyUI `models`
 folder above this pack's `custom_nodes/` place, else $LAYERFUSION_MODELS (the one `make demo`
-reads). Files are fetched at the revision pinned in layerfusion_core/weight_files.py and written
+reads). Files are fetched at the revision pinned in layerfusion_core/weights/known_files.py and written
 only into `<models>/layer_model/`; each result, or each failure, is one line.
 """
 
@@ -16,12 +16,12 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _pack
 
-from layerfusion_core import downloads  # noqa: E402
-from layerfusion_core.weight_files import KNOWN_FILES  # noqa: E402
+_pack.load_core()
+from layerfusion_core.weights import downloads  # noqa: E402
+from layerfusion_core.weights.known_files import KNOWN_FILES  # noqa: E402
 
 PROG = "download_models"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support.pack import import_pack
+from layerfusion_dev.pack import import_pack
 
 TIERS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
 

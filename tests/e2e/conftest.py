@@ -4,9 +4,9 @@ import pytest
 
 from safetensors.torch import save_file
 
-from support.comfy_server import ComfyServer
-from support.host import import_comfy
-from support.paths import current_frontend_args
+from layerfusion_dev.comfy_server import ComfyServer
+from layerfusion_dev.host import import_comfy
+from layerfusion_dev.paths import current_frontend_args
 
 
 STYLE_LORA = "your_style_lora.safetensors"  # the user's own LoRA in the style-on-bg workflow
@@ -18,7 +18,7 @@ def pack_server(extra_args=()):
     LayerDiffuse-format stand-ins (fitting the depth-1 tiny model) in its models/layer_model, plus
     the converted FLUX decoder/encoder stand-ins and a FLUX LoRA stand-in (fitting the tiny FLUX model)."""
     import_comfy()
-    from layerfusion_testnodes import standins, tiny_flux, tiny_sdxl
+    from layerfusion_dev.testnodes import standins, tiny_flux, tiny_sdxl
 
     srv = ComfyServer(test_nodes=True, extra_args=extra_args)
     try:

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from support.browser import chromium_page
-from support.comfy_server import ComfyServer
-from support.paths import current_frontend_args
-from support.ui_workflows import api_to_ui
-from support.workflows import load_api, on_tiny_model
+from layerfusion_dev.comfy_server import ComfyServer
+from layerfusion_dev.paths import current_frontend_args
+from layerfusion_dev.ui_workflows import api_to_ui
+from layerfusion_dev.workflows import load_api, on_tiny_model
 
 LIGHT, DARK = (255, 255, 255), (189, 189, 189)  # the checkerboard's two squares (#ffffff, #bdbdbd)
 FRAME = 8  # px of checkerboard around each RGBA preview

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from layerfusion_testnodes import standins
-from support.comfy_server import ServerError
+from layerfusion_dev.testnodes import standins
+from layerfusion_dev.comfy_server import ServerError
 
 CHANGED = 1e-2
 

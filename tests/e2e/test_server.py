@@ -9,9 +9,9 @@ import sys
 import pytest
 from PIL import Image
 
-from support.comfy_server import ComfyServer, ServerError
-from support.paths import PACK_NAME, REPO
-from support.workflows import load_api, on_tiny_model, output_paths, saved_images
+from layerfusion_dev.comfy_server import ComfyServer, ServerError
+from layerfusion_dev.paths import PACK_NAME, REPO
+from layerfusion_dev.workflows import load_api, on_tiny_model, output_paths, saved_images
 
 PACK_NODES = {
     "LayerFusionConditioning", "LayerFusionEmptyLatent", "LayerFusionSplit", "LayerFusionApply", "LayerFusionMasks",

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from layerfusion_testnodes import standins
-from support.comfy_server import ComfyServer, ServerError, execution_error
-from support.host import import_comfy
-from support.workflows import load_api, on_tiny_model
+from layerfusion_dev.testnodes import standins
+from layerfusion_dev.comfy_server import ComfyServer, ServerError, execution_error
+from layerfusion_dev.host import import_comfy
+from layerfusion_dev.workflows import load_api, on_tiny_model
 
 SIZE, STEPS = 64, 2
 LONG_STEPS = 400  # the run that is interrupted: long enough to be caught while it samples
@@ -192,7 +192,7 @@ def settled_rss_mb(srv: ComfyServer, samples: int = 5) -> float:
 def fresh():
     """A second server with the same stand-in files as the session one, used by this module only."""
     import_comfy()
-    from layerfusion_testnodes import tiny_sdxl
+    from layerfusion_dev.testnodes import tiny_sdxl
 
     srv = ComfyServer(test_nodes=True)
     try:

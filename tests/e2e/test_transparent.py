@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from layerfusion_testnodes import standins
-from support.workflows import output_paths
+from layerfusion_dev.testnodes import standins
+from layerfusion_dev.workflows import output_paths
 
 TINY = {"class_type": "LayerFusionTestTinySDXL", "inputs": {"variant": "depth1", "seed": 0}}
 
@@ -135,7 +135,7 @@ def test_flux_img2img_of_a_transparent_png_through_the_flux_encoder_and_decoder(
 
 
 def test_latents_and_files_of_different_families_are_refused_by_name(server):
-    from support.comfy_server import ServerError
+    from layerfusion_dev.comfy_server import ServerError
 
     sdxl_latent = {"e": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
     graph = {**tiny_flux(), **sdxl_latent, **flux_decode_and_save(["e", 0], "mismatch")}

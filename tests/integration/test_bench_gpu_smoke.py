@@ -8,7 +8,7 @@ import math
 import subprocess
 import sys
 
-from support.paths import REPO
+from layerfusion_dev.paths import REPO
 
 CASES = {"limit", "fusion", "merged", "fusion_prior_pass", "sequential", "decode_batched", "decode_loop", "prior"}
 
@@ -16,9 +16,9 @@ CASES = {"limit", "fusion", "merged", "fusion_prior_pass", "sequential", "decode
 def test_the_gpu_benchmark_runs_every_case_on_the_cpu_and_writes_its_json(tmp_path):
     out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_gpu.py"), "--device", "cpu", "--arch", "depth1", "--latent", "8",
+        [sys.executable, "-m", "layerfusion_dev.bench_gpu", "--device", "cpu", "--arch", "depth1", "--latent", "8",
          "--steps", "1", "--repeats", "1", "--rank", "4", "--decode-size", "64", "--prior-tokens", "256", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "bench_gpu.json").read_text())

@@ -8,9 +8,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import lora_files, patching, safetensors_io
-from layerfusion.layerfusion_core.patching import Branch
-from layerfusion_testnodes import layout, standins, tiny_sdxl
+from layerfusion.layerfusion_core.weights import lora_files
+
+from layerfusion.layerfusion_core.layout.rows import BatchLayoutError
+
+from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora, branch_loras
+
+from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
+
+from layerfusion.layerfusion_core.patching.options import LAYOUT_OPTION, ROWS_WRAPPER_KEY
+
+from layerfusion.layerfusion_core.weights import safetensors_io
+from layerfusion.layerfusion_core.layout.rows import Branch
+from layerfusion_dev.testnodes import layout, standins, tiny_sdxl
 from support.sampling import changed_rows, identical_rows, sample
 
 CHANGED = 1e-2
@@ -41,7 +51,7 @@ def attn(unet, files):
 
 @pytest.fixture(scope="module")
 def layered(unet):
-    return patching.enable_layered_batch(unet)
+    return enable_layered_batch(unet)
 
 
 @pytest.fixture(scope="module")
@@ -50,36 +60,36 @@ def base(layered):
 
 
 def test_layout_flag_of_the_test_node_is_the_packs():
-    assert layout.LAYOUT_OPTION == patching.LAYOUT_OPTION
+    assert layout.LAYOUT_OPTION == LAYOUT_OPTION
 
 
 @pytest.mark.parametrize("branch", list(Branch))
 def test_patch_changes_its_branch_rows_and_no_other(layered, attn, base, branch):
-    out = sample(patching.apply_branch_lora(layered, attn, branch, 1.0), ROWS)
+    out = sample(apply_branch_lora(layered, attn, branch, 1.0), ROWS)
     assert changed_rows(out, base, CHANGED) == BRANCH_ROWS[branch]
     assert identical_rows(out, base) == [r for r in range(ROWS) if r not in BRANCH_ROWS[branch]]
 
 
 def test_weight_zero_is_the_unpatched_model_bit_for_bit(layered, attn, base):
     for branch in (Branch.FG, Branch.ALL):
-        assert torch.equal(sample(patching.apply_branch_lora(layered, attn, branch, 0.0), ROWS), base)
+        assert torch.equal(sample(apply_branch_lora(layered, attn, branch, 0.0), ROWS), base)
 
 
 def test_the_input_model_is_never_changed(unet, attn):
     before = sample(unet, 3)
-    patched = patching.apply_branch_lora(unet, attn, Branch.FG, 1.0)
+    patched = apply_branch_lora(unet, attn, Branch.FG, 1.0)
     assert changed_rows(sample(patched, 3), before, CHANGED) == [0, 1, 2]
     assert unet.object_patches == {} and unet.injections == {}
-    assert not unet.get_wrappers("diffusion_model", patching.ROWS_WRAPPER_KEY)
+    assert not unet.get_wrappers("diffusion_model", ROWS_WRAPPER_KEY)
     assert torch.equal(sample(unet, 3), before)
     assert not any(m._forward_hooks for m in unet.model.modules())  # the patched clone's hooks were ejected
 
 
 def test_clones_share_the_branch_lora_and_its_factors(layered, attn):
     """ComfyUI deep-copies model_options on every clone: the LoRA's factors must not be copied with them."""
-    patched = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0)
-    (mine,) = patching.branch_loras(patched)
-    (theirs,) = patching.branch_loras(patched.clone().clone())
+    patched = apply_branch_lora(layered, attn, Branch.FG, 1.0)
+    (mine,) = branch_loras(patched)
+    (theirs,) = branch_loras(patched.clone().clone())
     assert theirs is mine and patched.clone().injections.keys() == {mine.key}
 
 
@@ -89,8 +99,8 @@ def test_the_factors_are_placed_on_the_call_device_once_and_let_go_when_unloaded
     when ComfyUI unloads the model."""
     import comfy.model_management
 
-    patched = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0)
-    (lora,) = patching.branch_loras(patched)
+    patched = apply_branch_lora(layered, attn, Branch.FG, 1.0)
+    (lora,) = branch_loras(patched)
     sample(patched, ROWS)
     placed = {path: dict(f.placed) for path, f in lora.layers.items()}
     assert all(len(p) == 1 for p in placed.values()), sorted({len(p) for p in placed.values()})
@@ -109,19 +119,19 @@ def test_the_factors_are_placed_on_the_call_device_once_and_let_go_when_unloaded
 
 def test_plain_batch_fg_patches_every_row_and_bg_is_refused(unet, attn):
     before = sample(unet, 2)
-    assert changed_rows(sample(patching.apply_branch_lora(unet, attn, Branch.FG, 1.0), 2), before, CHANGED) == [0, 1]
-    with pytest.raises(patching.BatchLayoutError, match="branch 'bg' needs a LayerFusion batch"):
-        sample(patching.apply_branch_lora(unet, attn, Branch.BG, 1.0), 2)
+    assert changed_rows(sample(apply_branch_lora(unet, attn, Branch.FG, 1.0), 2), before, CHANGED) == [0, 1]
+    with pytest.raises(BatchLayoutError, match="branch 'bg' needs a LayerFusion batch"):
+        sample(apply_branch_lora(unet, attn, Branch.BG, 1.0), 2)
 
 
 def test_layered_model_refuses_a_batch_that_is_not_three_streams(layered, attn):
-    with pytest.raises(patching.BatchLayoutError, match="this latent batch has 2 rows"):
-        sample(patching.apply_branch_lora(layered, attn, Branch.FG, 1.0), 2)
+    with pytest.raises(BatchLayoutError, match="this latent batch has 2 rows"):
+        sample(apply_branch_lora(layered, attn, Branch.FG, 1.0), 2)
 
 
 def test_fg_rows_equal_the_lora_merged_into_the_weights(layered, attn, base, files):
     weight = 0.7
-    patched = sample(patching.apply_branch_lora(layered, attn, Branch.FG, weight), ROWS)
+    patched = sample(apply_branch_lora(layered, attn, Branch.FG, weight), ROWS)
     merged_model = tiny_sdxl.build_unet("depth1", seed=0)  # an independent copy, merged by hand
     tensors = safetensors_io.read_safetensors(files[standins.ATTN_FILE])
     params = dict(merged_model.model.named_parameters())
@@ -129,7 +139,7 @@ def test_fg_rows_equal_the_lora_merged_into_the_weights(layered, attn, base, fil
         for key in {k.split("::")[0] for k in tensors}:
             up, down = tensors[f"{key}::lora::0"].float(), tensors[f"{key}::lora::1"].float()
             params[key].add_(weight * up @ down)
-    merged = sample(patching.enable_layered_batch(merged_model), ROWS)
+    merged = sample(enable_layered_batch(merged_model), ROWS)
     fg = BRANCH_ROWS[Branch.FG]
     assert changed_rows(patched, base, CHANGED) == fg
     scale = merged[fg].abs().max().item()
@@ -138,13 +148,13 @@ def test_fg_rows_equal_the_lora_merged_into_the_weights(layered, attn, base, fil
 
 def test_chained_loras_stack(layered, attn, files, unet):
     second = lora_files.load_lora(files["second"], unet.model)
-    fg_only = sample(patching.apply_branch_lora(layered, attn, Branch.FG, 1.0), ROWS)
-    bg_only = sample(patching.apply_branch_lora(layered, second, Branch.BG, 1.0), ROWS)
-    both = patching.apply_branch_lora(patching.apply_branch_lora(layered, attn, Branch.FG, 1.0), second, Branch.BG, 1.0)
+    fg_only = sample(apply_branch_lora(layered, attn, Branch.FG, 1.0), ROWS)
+    bg_only = sample(apply_branch_lora(layered, second, Branch.BG, 1.0), ROWS)
+    both = apply_branch_lora(apply_branch_lora(layered, attn, Branch.FG, 1.0), second, Branch.BG, 1.0)
     out = sample(both, ROWS)
     assert torch.equal(out[[0, 3]], fg_only[[0, 3]]) and torch.equal(out[[1, 4]], bg_only[[1, 4]])
-    twice = patching.apply_branch_lora(patching.apply_branch_lora(layered, attn, Branch.FG, 0.5), attn, Branch.FG, 0.5)
-    once = sample(patching.apply_branch_lora(layered, attn, Branch.FG, 1.0), ROWS)
+    twice = apply_branch_lora(apply_branch_lora(layered, attn, Branch.FG, 0.5), attn, Branch.FG, 0.5)
+    once = sample(apply_branch_lora(layered, attn, Branch.FG, 1.0), ROWS)
     assert torch.allclose(sample(twice, ROWS), once, rtol=1e-4, atol=1e-3)
 
 
@@ -154,7 +164,7 @@ def test_comfy_weight_patches_still_apply_under_a_branch_patch(layered, attn, un
     delta = torch.randn(unet.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(5)) * 0.5
     weight_only = layered.clone()
     weight_only.add_patches({key: ("diff", (delta,))}, 1.0)
-    both = patching.apply_branch_lora(weight_only, attn, Branch.BG, 1.0)
+    both = apply_branch_lora(weight_only, attn, Branch.BG, 1.0)
     reference = sample(weight_only, ROWS)
     assert changed_rows(reference, sample(layered, ROWS), CHANGED) == list(range(ROWS))
     out = sample(both, ROWS)
@@ -169,9 +179,9 @@ def test_every_weight_of_the_layerdiffuse_file_is_patched_and_runs_on_full_depth
     path = tmp_path / standins.ATTN_FILE
     save_file(standins.attn_lora_standin(standins.unet_shapes(full), rank=2), str(path))
     lora = lora_files.load_lora(str(path), full.model)
-    patched = patching.apply_branch_lora(full, lora, Branch.FG, 1.0)
+    patched = apply_branch_lora(full, lora, Branch.FG, 1.0)
     targets = {k.split("::")[0].removesuffix(".weight") for k in standins.layout()[standins.ATTN_FILE]}
-    (branch_lora,) = patching.branch_loras(patched)
+    (branch_lora,) = branch_loras(patched)
     assert len(branch_lora.layers) == 560 and set(branch_lora.layers) == targets
     called = set()
     hooks = [full.get_model_object(name).register_forward_hook(lambda mod, args, out, name=name: called.add(name))
@@ -191,8 +201,8 @@ def test_a_lora_applied_while_another_patched_clone_is_loaded_uses_the_checkpoin
     delta = torch.randn(unet.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(6)) * 0.5
     other = layered.clone()
     other.add_patches({key: ("diff", (delta,))}, 1.0)
-    sample(patching.apply_branch_lora(other, attn, Branch.BG, 1.0), ROWS)  # leaves `other` patched in the model
-    made_now = patching.apply_branch_lora(layered, attn, Branch.FG, 1.0)
+    sample(apply_branch_lora(other, attn, Branch.BG, 1.0), ROWS)  # leaves `other` patched in the model
+    made_now = apply_branch_lora(layered, attn, Branch.FG, 1.0)
     sample(other, ROWS)
     out = sample(made_now, ROWS)
     assert identical_rows(out, base) == [1, 2, 4, 5]

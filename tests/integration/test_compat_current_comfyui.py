@@ -30,11 +30,27 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core import lora_files, patching, vae_models
-from layerfusion.layerfusion_core.safetensors_io import WeightFileError
-from layerfusion.layerfusion_core.transparent_vae import TransparentDecoder
+from layerfusion.layerfusion_core.weights import lora_files
+
+from layerfusion.layerfusion_core.layout.rows import Branch
+
+from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora, branch_loras
+
+from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
+
+from layerfusion.layerfusion_core.patching.hook_points import HookPointError
+
+from layerfusion.layerfusion_core.patching.layerfusion import fusion_patch
+
+from layerfusion.layerfusion_core.patching.model_info import transformer_keys
+
+from layerfusion.layerfusion_core.patching.options import ROWS_WRAPPER_KEY
+
+from layerfusion.layerfusion_core.transparency import loading
+from layerfusion.layerfusion_core.weights.safetensors_io import WeightFileError
+from layerfusion.layerfusion_core.transparency.networks import TransparentDecoder
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
-from layerfusion_testnodes import standins, tiny_sdxl
+from layerfusion_dev.testnodes import standins, tiny_sdxl
 from support.sampling import changed_rows, sample
 
 
@@ -77,7 +93,7 @@ def test_decoder_layout_check_passes_with_lazily_built_linear_layers(tmp_path, l
     state = standins.exact_standin(standins.DECODER_FILE, seed=3)
     path = tmp_path / standins.DECODER_FILE
     save_file(state, str(path))
-    module = vae_models._build(TransparentDecoder, str(path))
+    module = loading._build(TransparentDecoder, str(path))
     loaded = dict(module.state_dict())
     assert set(loaded) == set(state)
     assert all(torch.equal(loaded[k], state[k].to(loaded[k].dtype)) for k in state)
@@ -91,7 +107,7 @@ def test_decoder_layout_check_still_refuses_a_wrong_file_with_lazy_layers(tmp_pa
     path = tmp_path / standins.DECODER_FILE
     save_file(state, str(path))
     with pytest.raises(WeightFileError, match="wrong shape"):
-        vae_models._build(TransparentDecoder, str(path))
+        loading._build(TransparentDecoder, str(path))
 
 
 # ---- run state on the thread that runs the UNet call; the no-op guard ----------------------
@@ -100,7 +116,7 @@ def fused(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lm")
     save_file(standins.attn_lora_standin(standins.unet_shapes(tiny.model), rank=4), str(folder / standins.ATTN_FILE))
     lora = lora_files.load_lora(str(folder / standins.ATTN_FILE), tiny.model.model)
-    fg = patching.apply_branch_lora(tiny.model, lora, patching.Branch.FG, 1.0)
+    fg = apply_branch_lora(tiny.model, lora, Branch.FG, 1.0)
     model = LayerFusionApply.execute(fg, d=10.0, prior_at=0.8, prior_mode="prior_pass", blend_start=0.0, blend_end=1.0,
                                      bg_mode="bg_from_bl", blend_blend=True, blend_fg=True, blend_bg=True).result[0]
     conds = LayerFusionConditioning.execute(tiny.clip, "a glass bottle", "a wooden table", "", "blurry").result
@@ -142,8 +158,8 @@ def test_blending_and_the_prior_run_when_the_unet_call_is_on_another_thread(fuse
         hook.remove()
         pool.shutdown()
     assert seen and threading.get_ident() not in seen  # the emulation really moved the UNet calls
-    rec = patching.fusion_patch(threaded).recorder
-    assert rec.extractions == 1 and len(rec.blended) == 2 * len(patching.transformer_keys(threaded))
+    rec = fusion_patch(threaded).records.record
+    assert rec.extractions == 1 and len(rec.blended) == 2 * len(transformer_keys(threaded))
     assert torch.equal(other_thread, same_thread)
 
 
@@ -151,15 +167,15 @@ def test_the_guard_fires_when_an_attention_output_patch_does_not_run(fused):
     model, conds = fused
     broken = model.clone()
     broken.model_options["transformer_options"]["patches"].pop("attn2_output_patch")
-    with pytest.raises(patching.HookPointError, match=r"blend did not run in \d+ of \d+ attention layers .*attn2"):
+    with pytest.raises(HookPointError, match=r"blend did not run in \d+ of \d+ attention layers .*attn2"):
         run(broken, conds)
 
 
 def test_the_guard_fires_when_the_unet_wrapper_does_not_run(fused):
     model, conds = fused
     broken = model.clone()
-    broken.remove_wrappers_with_key("diffusion_model", patching.ROWS_WRAPPER_KEY)
-    with pytest.raises(patching.HookPointError, match="DIFFUSION_MODEL wrapper"):
+    broken.remove_wrappers_with_key("diffusion_model", ROWS_WRAPPER_KEY)
+    with pytest.raises(HookPointError, match="DIFFUSION_MODEL wrapper"):
         run(broken, conds)
 
 
@@ -167,7 +183,7 @@ def test_the_guard_fires_when_the_prior_probe_does_not_run(fused):
     model, conds = fused
     broken = model.clone()
     broken.model_options["transformer_options"]["patches"].pop("attn1_patch")
-    with pytest.raises(patching.HookPointError, match="structure prior"):
+    with pytest.raises(HookPointError, match="structure prior"):
         run(broken, conds)
 
 
@@ -267,7 +283,7 @@ def _merged_by_hand(lora_tensors: dict, kohya_tensors: dict, fg_weight: float, o
                 for key in {k.split("::")[0] for k in lora_tensors}:
                     up, down = lora_tensors[f"{key}::lora::0"].float(), lora_tensors[f"{key}::lora::1"].float()
                     params[key].add_(fg_weight * up @ down)
-        models.append(patching.enable_layered_batch(merged))
+        models.append(enable_layered_batch(merged))
     return models
 
 
@@ -288,12 +304,12 @@ def test_a_lora_chained_before_lora_apply_still_applies_and_no_proxy_sits_in_the
 
     ordinary, _ = comfy.sd.load_lora_for_models(unet, None, kohya_tensors, 0.9, 0.0)  # what LoraLoader does
     assert len(ordinary.patches) >= len(attn.low_rank)
-    model = patching.apply_branch_lora(patching.enable_layered_batch(ordinary), attn, patching.Branch.FG, 0.8)
+    model = apply_branch_lora(enable_layered_batch(ordinary), attn, Branch.FG, 0.8)
     out = sample(model, 6)
 
     assert model.object_patches == {}
     for path, layer in layers_before.items():  # the checkpoint's own layer, hooked, at its own path
-        assert model.get_model_object(path) is layer and type(layer).__module__ != patching.__name__
+        assert model.get_model_object(path) is layer and type(layer).__module__ != "layerfusion.layerfusion_core.patching"
         assert layer._forward_hooks, path
     some_layer = next(iter(layers_before.values()))
     if loader == "low VRAM":
@@ -302,7 +318,7 @@ def test_a_lora_chained_before_lora_apply_still_applies_and_no_proxy_sits_in_the
         assert some_layer.weight_lowvram_function is not None and some_layer.seed_key
 
     ordinary_only, both = (sample(m, 6) for m in _merged_by_hand(lora_tensors, kohya_tensors, 0.8, 0.9))
-    plain = sample(patching.enable_layered_batch(tiny_sdxl.build_unet("depth1", seed=0)), 6)
+    plain = sample(enable_layered_batch(tiny_sdxl.build_unet("depth1", seed=0)), 6)
     assert changed_rows(ordinary_only, plain, 1e-2) == list(range(6))  # the ordinary LoRA matters on every row
     assert changed_rows(both, ordinary_only, 1e-2) == list(range(6))  # so does the attention LoRA (merged: every row)
     for rows, reference in (([0, 3], both), ([1, 2, 4, 5], ordinary_only)):
@@ -313,7 +329,7 @@ def test_a_lora_chained_before_lora_apply_still_applies_and_no_proxy_sits_in_the
 def test_the_guard_fires_when_a_branch_lora_does_not_reach_its_layers(fused):
     model, conds = fused
     broken = model.clone()
-    (branch_lora,) = patching.branch_loras(broken)
+    (branch_lora,) = branch_loras(broken)
     broken.remove_injections(branch_lora.key)
-    with pytest.raises(patching.HookPointError, match=rf"reached 0 of its {len(branch_lora.layers)} layers"):
+    with pytest.raises(HookPointError, match=rf"reached 0 of its {len(branch_lora.layers)} layers"):
         run(broken, conds)

@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core import transparency
-from layerfusion.layerfusion_core.transparent_variants import FLUX, SDXL
-from layerfusion.layerfusion_core.transparent_vae import LatentOffsetEncoder, TransparentDecoder
-from layerfusion.layerfusion_core.vae_models import load_managed, posterior_moments
-from layerfusion.layerfusion_core.safetensors_io import WeightFileError
+from layerfusion.layerfusion_core.transparency import codec
+from layerfusion.layerfusion_core.transparency.variants import FLUX, SDXL
+from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
+from layerfusion.layerfusion_core.transparency.loading import load_managed, posterior_moments
+from layerfusion.layerfusion_core.weights.safetensors_io import WeightFileError
 from layerfusion.nodes import transparent as nodes
-from layerfusion_testnodes import standins
+from layerfusion_dev.testnodes import standins
 
 MARKED = {"sdxl_marked_decoder.safetensors": (SDXL, 0), "flux_marked_decoder.safetensors": (FLUX, 3)}  # alpha channel of each
 
@@ -44,7 +44,7 @@ def layer_model(tmp_path_factory, tiny):
 
 @pytest.fixture(scope="module")
 def flux_vae():
-    from layerfusion_testnodes import tiny_flux
+    from layerfusion_dev.testnodes import tiny_flux
 
     return tiny_flux.build_vae(seed=0)
 
@@ -145,13 +145,13 @@ def test_flux_encode_is_the_posterior_plus_300_std_offset_of_rgb_then_alpha(laye
     assert latent.shape == (1, 16, 8, 8)
 
     rgb, alpha = image[..., :3].movedim(-1, 1), image[..., 3:].movedim(-1, 1)
-    flat = transparency.flatten_on_grey(rgb, alpha)
+    flat = codec.flatten_on_grey(rgb, alpha)
     mean, std = posterior_moments(flux_vae, flat)
     assert torch.allclose(mean, flux_vae.encode(flat.movedim(1, -1)), atol=1e-4)  # the FLUX-style VAE's own mode
     encoder = LatentOffsetEncoder(variant=FLUX).eval()
     encoder.load_state_dict({k: v.float() for k, v in standins.flux_part_standin("encoder.", seed=1).items()}, strict=True)
     with torch.no_grad():
-        offset = encoder(torch.cat([transparency.pad_rgb(rgb, alpha), alpha], dim=1))
+        offset = encoder(torch.cat([codec.pad_rgb(rgb, alpha), alpha], dim=1))
     assert torch.allclose(latent, mean + std * 300.0 * offset, atol=1e-3, rtol=1e-4)
     with pytest.raises(ValueError, match=r"LayerFusion Transparent Encode: input 'vae': makes 16-channel latents, expected 4 \(SDXL"):
         nodes.LayerFusionTransparentEncode.execute(image, flux_vae, standins.ENCODER_FILE)

@@ -6,10 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import lora_files, patching
-from layerfusion.layerfusion_core.lora_files import LoRAFileError
+from layerfusion.layerfusion_core.weights import lora_files
+
+from layerfusion.layerfusion_core.patching.layerdiffuse_conditional import ConditionSizeError
+
+from layerfusion.layerfusion_core.patching.model_info import unet_shapes
+from layerfusion.layerfusion_core.weights.lora_files import LoRAFileError
 from layerfusion.nodes.layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
-from layerfusion_testnodes import standins
+from layerfusion_dev.testnodes import standins
 from support.sampling import fixed_cond
 
 STEPS = 4
@@ -84,7 +88,7 @@ def test_stop_at_switches_back_to_the_plain_model_at_the_right_step(tiny, files)
     stop = next(i for i, s in enumerate(sigmas) if s <= sampling.percent_to_sigma(0.5))
     patched = [bool(w[:, 4:].abs().sum() > 0) for _, w in probe.calls]
     assert patched == [True] * stop + [False] * (STEPS - stop)
-    from layerfusion_testnodes import tiny_sdxl
+    from layerfusion_dev.testnodes import tiny_sdxl
 
     original = tiny_sdxl.build_unet("depth1", seed=0).model.diffusion_model.input_blocks[0][0].weight
     assert all(not torch.equal(w[:, :4], original) for _, w in probe.calls[:stop])
@@ -107,16 +111,16 @@ def test_clear_errors(tiny, files):
     with pytest.raises(ValueError, match="the two conditions differ in size"):
         cond_node(tiny.model, "layer_xl_fgble2bg.safetensors", condition(5), condition(6, size=6))
     model, positive, negative = cond_node(tiny.model, "layer_xl_fg2ble.safetensors", condition(5, size=6))
-    with pytest.raises(patching.ConditionSizeError, match="the condition image is 48x48 but the generation is 64x64"):
+    with pytest.raises(ConditionSizeError, match="the condition image is 48x48 but the generation is 64x64"):
         sample(model, positive, negative)
-    with pytest.raises(patching.ConditionSizeError, match="connect the positive and negative that come out of the same node"):
+    with pytest.raises(ConditionSizeError, match="connect the positive and negative that come out of the same node"):
         sample(model, fixed_cond(2), fixed_cond(3))
 
 
 def test_the_base_shapes_survive_a_model_left_patched(tiny, files):
     model, positive, negative = cond_node(tiny.model, "layer_xl_fgble2bg.safetensors", condition(5), condition(6))
     sample(model, positive, negative)  # ComfyUI keeps this model's padded input conv applied after the run
-    _, count = lora_files.load_conditional(str(files["layer_xl_fg2ble.safetensors"]), tiny.model.model, patching.unet_shapes(model))
+    _, count = lora_files.load_conditional(str(files["layer_xl_fg2ble.safetensors"]), tiny.model.model, unet_shapes(model))
     assert count == 1
 
 

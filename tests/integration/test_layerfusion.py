@@ -5,11 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import lora_files, patching
-from layerfusion.layerfusion_core.fusion import Phase
-from layerfusion.layerfusion_core.patching import Branch
+from layerfusion.layerfusion_core.weights import lora_files
+
+from layerfusion.layerfusion_core.layout.rows import BatchLayoutError
+
+from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora, branch_loras
+
+from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
+
+from layerfusion.layerfusion_core.patching.layerfusion import fusion_patch
+
+from layerfusion.layerfusion_core.patching.options import EOS_KEY
+from layerfusion.layerfusion_core.fusion.run import Phase
+from layerfusion.layerfusion_core.layout.rows import Branch
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
-from layerfusion_testnodes import standins, tiny_sdxl
+from layerfusion_dev.testnodes import standins, tiny_sdxl
 from support.sdxl import SDXL_KEYS
 
 FG, BG, BL = 0, 1, 2
@@ -36,7 +46,7 @@ def fg_lora_model(tiny, tmp_path_factory):
 
     save_file(standins.attn_lora_standin(standins.unet_shapes(tiny.model), rank=4), str(folder / standins.ATTN_FILE))
     lora = lora_files.load_lora(str(folder / standins.ATTN_FILE), tiny.model.model)
-    return patching.apply_branch_lora(tiny.model, lora, Branch.FG, 1.0)
+    return apply_branch_lora(tiny.model, lora, Branch.FG, 1.0)
 
 
 def noise_for(rows, size=16, seed=1):
@@ -59,8 +69,9 @@ def rows_of(stream, sets):
     return [3 * i + stream for i in range(sets)]
 
 
-def recorder(model):
-    return patching.fusion_patch(model).recorder
+def record(model):
+    """The MaskRecord the model's last finished run left."""
+    return fusion_patch(model).records.record
 
 
 @pytest.mark.parametrize("cfg", [1.0, 5.0])
@@ -70,12 +81,12 @@ def test_blending_off_equals_independent_runs(tiny, fg_lora_model, conds, cfg, m
 
     sets = 2
     fused = sample(apply(fg_lora_model, prior_mode=mode, **ALL_OFF), conds, rows=3 * sets, cfg=cfg)
-    same_batch = sample(patching.enable_layered_batch(fg_lora_model), conds, rows=3 * sets, cfg=cfg)
+    same_batch = sample(enable_layered_batch(fg_lora_model), conds, rows=3 * sets, cfg=cfg)
     assert torch.equal(fused, same_batch)  # the patch itself changes nothing, bit for bit
     noise = noise_for(3 * sets)
     for row in range(3 * sets):
         stream = row % 3
-        own_model = patching.apply_branch_lora(tiny.model, *_fg_lora(fg_lora_model), Branch.FG, 1.0) if stream == FG else tiny.model
+        own_model = apply_branch_lora(tiny.model, *_fg_lora(fg_lora_model), Branch.FG, 1.0) if stream == FG else tiny.model
         alone = comfy.sample.sample(own_model, noise[row:row + 1], STEPS, cfg, "euler", "normal", stream_cond(conds[0], stream),
                                     stream_cond(conds[1], stream), torch.zeros_like(noise[row:row + 1]), seed=0, disable_pbar=True)
         scale = alone.abs().max().item()
@@ -84,7 +95,7 @@ def test_blending_off_equals_independent_runs(tiny, fg_lora_model, conds, cfg, m
 
 def _fg_lora(model):
     """The LoadedLoRA behind a model patched by apply_branch_lora (rebuilt from its factors)."""
-    (branch_lora,) = patching.branch_loras(model)
+    (branch_lora,) = branch_loras(model)
     low_rank = {k: lora_files.LowRank(f.up, f.down, f.scale) for k, f in branch_lora.layers.items()}
     return (lora_files.LoadedLoRA("fg", low_rank, {}),)
 
@@ -122,7 +133,7 @@ def test_prior_pass_runs_the_fg_rows_alone_and_stops_at_the_extraction_step(fg_l
     finally:
         hook.remove()
     k = expected_extraction_step(model, prior_at)
-    rec = recorder(model)
+    rec = record(model)
     assert rec.extractions == 1 and rec.extraction_step == k and rec.extraction_phase is Phase.PRIOR_PASS
     assert rec.prior_pass_calls == k + 1 and rec.joint_calls == STEPS
     assert batch_sizes == [2 * 2] * (k + 1) + [6 * 2] * STEPS  # FG rows of cond + uncond, then the whole batch
@@ -140,7 +151,7 @@ def test_in_run_extracts_once_and_blends_only_after(fg_lora_model, conds):
         hook.remove()
     assert batch_sizes == [3 * 2] * STEPS  # one UNet call per step: three streams, cond and uncond together
     k = expected_extraction_step(model, 0.8)
-    rec = recorder(model)
+    rec = record(model)
     assert rec.extractions == 1 and rec.extraction_step == k and rec.extraction_phase is Phase.JOINT
     assert rec.prior_pass_calls == 0 and min(step for _, step in rec.soft) == k + 1
 
@@ -148,7 +159,7 @@ def test_in_run_extracts_once_and_blends_only_after(fg_lora_model, conds):
 def test_masks_are_in_unit_range_with_each_blocks_token_count(fg_lora_model, conds):
     model = apply(fg_lora_model)
     sample(model, conds, rows=6, size=16)
-    rec = recorder(model)
+    rec = record(model)
     grids = {("input", 4): 8, ("input", 5): 8, ("input", 7): 4, ("input", 8): 4, ("middle", 0): 4,
              ("output", 0): 4, ("output", 1): 4, ("output", 2): 4, ("output", 3): 8, ("output", 4): 8, ("output", 5): 8}
     assert rec.structure.shape == (2, 8, 8) and 0 <= rec.structure.min() and rec.structure.max() <= 1
@@ -161,7 +172,7 @@ def test_masks_are_in_unit_range_with_each_blocks_token_count(fg_lora_model, con
 def test_every_sdxl_block_blends_on_the_full_depth_model(tiny_full_unet, tiny, conds):
     model = apply(tiny_full_unet, prior_at=1.0)
     sample(model, conds, rows=3, cfg=1.0, steps=1, size=8)
-    assert recorder(model).blended == {(kind, key) for kind in ("attn1", "attn2") for key in SDXL_KEYS}
+    assert record(model).blended == {(kind, key) for kind in ("attn1", "attn2") for key in SDXL_KEYS}
 
 
 def test_two_runs_in_a_row_equal_each_run_alone(tiny, conds):
@@ -197,11 +208,11 @@ def test_clear_errors(tiny, conds):
     calls = []
     hook = model.model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(patching.BatchLayoutError, match="the sampler's latent has 4 rows, expected a multiple of 3"):
+        with pytest.raises(BatchLayoutError, match="the sampler's latent has 4 rows, expected a multiple of 3"):
             sample(model, conds, rows=4)
     finally:
         hook.remove()
-    assert calls == [] and recorder(model).joint_calls == 0  # refused before any UNet call
+    assert calls == [] and record(model) is None  # refused before any UNet call: no run, no record
     plain = tiny.clip.encode_from_tokens(tiny.clip.tokenize("a bottle"), return_pooled=True)
     stock = [[plain[0], {"pooled_output": plain[1]}]]
     with pytest.raises(ValueError, match="does not come from LayerFusion Conditioning"):
@@ -217,11 +228,11 @@ def test_conditioning_layout_eos_and_long_prompts(tiny):
     pos, neg = LayerFusionConditioning.execute(tiny.clip, long_fg, "a table", "", "blurry", bg_negative="people").result
     assert pos[0][0].shape == (3, 154, tiny_sdxl.CLIP_L_WIDTH + tiny_sdxl.CLIP_G_WIDTH)
     assert pos[0][1]["pooled_output"].shape == (3, tiny_sdxl.CLIP_G_WIDTH)
-    assert pos[0][1][patching.EOS_KEY] == 76  # the first chunk's end token
+    assert pos[0][1][EOS_KEY] == 76  # the first chunk's end token
     explicit = LayerFusionConditioning.execute(tiny.clip, long_fg, "a table", f"{long_fg}, a table", "blurry").result[0]
     assert torch.equal(explicit[0][0], pos[0][0])
     short = LayerFusionConditioning.execute(tiny.clip, "a glass bottle", "", "", "").result[0]
-    assert short[0][1][patching.EOS_KEY] == 4  # 1 + the three tokens of "a glass bottle"
+    assert short[0][1][EOS_KEY] == 4  # 1 + the three tokens of "a glass bottle"
     assert neg[0][0].shape[0] == 3 and not torch.equal(neg[0][0][1], neg[0][0][0])  # bg has its own negative
 
 
@@ -230,7 +241,7 @@ def test_masks_node_shows_what_the_run_used(tiny, conds):
 
     model = apply(tiny.model, d=6.0)
     out = sample(model, conds, rows=6, size=16)
-    rec = recorder(model)
+    rec = record(model)
     structure, soft, hard, preview = LayerFusionMasks.execute(model, {"samples": out}, "structure", -1).result
     assert structure.shape == soft.shape == hard.shape == (2, 128, 128) and preview.shape == (2, 128, 384, 3)
     for maps in (structure, soft, hard):
@@ -260,8 +271,8 @@ def test_a_layerfusion_step_costs_little_more_arithmetic_than_the_limit(fg_lora_
             sample(model, conds, rows=6)
         return counter.get_total_flops()
 
-    limit = flops(patching.enable_layered_batch(fg_lora_model))
+    limit = flops(enable_layered_batch(fg_lora_model))
     fused_model = apply(fg_lora_model, prior_mode="in_run", prior_at=1.0)
     fused = flops(fused_model)
-    assert recorder(fused_model).joint_calls == STEPS and len(recorder(fused_model).blended) > 0
+    assert record(fused_model).joint_calls == STEPS and len(record(fused_model).blended) > 0
     assert limit < fused <= 1.03 * limit, fused / limit

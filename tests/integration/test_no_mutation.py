@@ -16,8 +16,8 @@ leaves the last sampled clone's object and weight patches applied in it until an
 loaded (its ``backup`` and ``object_patches_backup`` are shared between clones by design, so they
 are not compared). So the module-level checks load the input first, as every sampler does, and
 a last check unloads everything and expects the checkpoint's own modules and weights with no
-forward hook left. The recorder LayerFusion Masks reads (`MaskRecorder`) is shared by clones by design
-and only records; it is compared by identity.
+forward hook left. The slot LayerFusion Masks reads (`RecordSlot`) also receives the records of
+runs of the models cloned from it, by design, and changes no result; it is compared by identity.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core import patching
+from layerfusion.layerfusion_core.patching.branch_lora import BranchLoRA
+
+from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from layerfusion.nodes.layerdiffuse import LayerFusionLayerDiffuseCond
 from layerfusion.nodes.lora import LayerFusionLoraApply
-from layerfusion_testnodes import standins, tiny_sdxl
+from layerfusion_dev.testnodes import standins, tiny_sdxl
 from support.sampling import fixed_cond
 
 STEPS = 2
@@ -73,7 +75,7 @@ def describe(value: Any, depth: int = 0) -> Any:
         return (type(value).__name__, tuple(describe(v, depth + 1) for v in value))
     if isinstance(value, (set, frozenset)):
         return ("set", tuple(sorted(repr(describe(v, depth + 1)) for v in value)))
-    if isinstance(value, patching.BranchLoRA):  # by its fields, not the hooks it has attached (loading attaches them)
+    if isinstance(value, BranchLoRA):  # by its fields, not the hooks it has attached (loading attaches them)
         return ("branch_lora", id(value), value.key, value.branch, value.file_name,
                 tuple((path, f.scale, _digest(f.up), _digest(f.down)) for path, f in value.layers.items()))
     if isinstance(value, torch.nn.Module):
@@ -200,7 +202,7 @@ def plain(built):
 
 
 def layered(built):
-    return patching.enable_layered_batch(built.model)
+    return enable_layered_batch(built.model)
 
 
 def layered_fg_lora(built):

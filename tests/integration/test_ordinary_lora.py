@@ -7,10 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core import lora_files, patching
-from layerfusion.layerfusion_core.lora_files import LoRAFileError
-from layerfusion.layerfusion_core.patching import Branch
-from layerfusion_testnodes import tiny_sdxl
+from layerfusion.layerfusion_core.weights import lora_files
+
+from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora
+
+from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
+from layerfusion.layerfusion_core.weights.lora_files import LoRAFileError
+from layerfusion.layerfusion_core.layout.rows import Branch
+from layerfusion_dev.testnodes import tiny_sdxl
 from support.sampling import changed_rows, identical_rows, sample
 
 CHANGED = 1e-2
@@ -29,7 +33,7 @@ def unet():
 
 @pytest.fixture(scope="module")
 def layered(unet):
-    return patching.enable_layered_batch(unet)
+    return enable_layered_batch(unet)
 
 
 def kohya(unet, prefixes, rank=4, alpha=2.0, seed=0, conv=False) -> dict[str, torch.Tensor]:
@@ -64,7 +68,7 @@ def test_kohya_lora_on_the_bg_branch_equals_it_merged(tmp_path, unet, layered):
     assert len(lora.low_rank) == 3 and lora.full_patches == {} and lora.ignored_keys == 1
     assert all(f.scale == 0.5 for f in lora.low_rank.values())  # alpha / rank
     base = sample(layered, 3)
-    out = sample(patching.apply_branch_lora(layered, lora, Branch.BG, 0.8), 3)
+    out = sample(apply_branch_lora(layered, lora, Branch.BG, 0.8), 3)
     assert changed_rows(out, base, CHANGED) == [1] and identical_rows(out, base) == [0, 2]
 
     import comfy.lora
@@ -76,7 +80,7 @@ def test_kohya_lora_on_the_bg_branch_equals_it_merged(tmp_path, unet, layered):
         for prefix in ATTN_PREFIXES:
             up, down = tensors[f"{prefix}.lora_up.weight"], tensors[f"{prefix}.lora_down.weight"]
             params[key_map[prefix]].add_(0.8 * (2.0 / 4) * up @ down)
-    reference = sample(patching.enable_layered_batch(merged), 3)
+    reference = sample(enable_layered_batch(merged), 3)
     assert torch.allclose(out[1], reference[1], rtol=1e-4, atol=1e-4 * reference[1].abs().max().item())
 
 
@@ -84,8 +88,8 @@ def test_conv_lora_runs_only_on_all_rows(tmp_path, unet, layered):
     lora = lora_files.load_lora(write(tmp_path, "locon.safetensors", kohya(unet, [CONV_PREFIX, ATTN_PREFIXES[0]])), unet.model)
     assert len(lora.full_patches) == 1 and len(lora.low_rank) == 1
     with pytest.raises(ValueError, match="cannot run on the 'fg' rows alone; use branch 'all'"):
-        patching.apply_branch_lora(layered, lora, Branch.FG, 1.0)
-    out = sample(patching.apply_branch_lora(layered, lora, Branch.ALL, 1.0), 3)
+        apply_branch_lora(layered, lora, Branch.FG, 1.0)
+    out = sample(apply_branch_lora(layered, lora, Branch.ALL, 1.0), 3)
     assert changed_rows(out, sample(layered, 3), CHANGED) == [0, 1, 2]
 
 
@@ -94,8 +98,8 @@ def test_full_delta_file_is_a_weight_patch_on_all_and_refused_per_branch(tmp_pat
     delta = torch.randn(unet.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(3)) * 0.2
     lora = lora_files.load_lora(write(tmp_path, "layer_xl_transparent_conv.safetensors", {f"{key}::diff::0": delta}), unet.model)
     with pytest.raises(ValueError, match="full deltas"):
-        patching.apply_branch_lora(layered, lora, Branch.FG, 1.0)
-    out = sample(patching.apply_branch_lora(layered, lora, Branch.ALL, 1.0), 3)
+        apply_branch_lora(layered, lora, Branch.FG, 1.0)
+    out = sample(apply_branch_lora(layered, lora, Branch.ALL, 1.0), 3)
     assert changed_rows(out, sample(layered, 3), CHANGED) == [0, 1, 2]
 
 

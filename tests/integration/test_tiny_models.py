@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from layerfusion_testnodes import standins, tiny_sdxl
+from layerfusion_dev.testnodes import standins, tiny_sdxl
 from support.sdxl import SDXL_BLOCK_DEPTHS
 
 SDXL_KEYS = {(block, index) for block, depth in SDXL_BLOCK_DEPTHS.items() for index in range(depth)}

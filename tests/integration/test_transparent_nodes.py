@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import latents, transparency
-from layerfusion.layerfusion_core.transparent_vae import LatentOffsetEncoder, TransparentDecoder
+from layerfusion.layerfusion_core.layout import latents
+
+from layerfusion.layerfusion_core.transparency import codec
+from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
 from layerfusion.nodes import transparent as nodes
-from layerfusion_testnodes import standins
+from layerfusion_dev.testnodes import standins
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_the_decoder_runs_under_comfy_model_management(layer_model):
     import comfy.model_management
     import comfy.model_patcher
 
-    from layerfusion.layerfusion_core.vae_models import load_managed
+    from layerfusion.layerfusion_core.transparency.loading import load_managed
 
     managed = load_managed(TransparentDecoder, str(layer_model / standins.DECODER_FILE))
     assert isinstance(managed.patcher, comfy.model_patcher.ModelPatcher)
@@ -78,8 +80,8 @@ def test_augmented_decode_is_the_median_of_eight(tiny, layer_model, reference_de
     rgba = decode(latent, images, augment=True, sub_batch_size=5)[0]
     px, lt = images[0:1].movedim(-1, 1), latent["samples"][0:1]
     with torch.no_grad():
-        variants = [transparency.unaugment(reference_decoder(transparency.augment(px, f, k), transparency.augment(lt, f, k)).clamp(0, 1), f, k)
-                    for f, k in transparency.AUGMENTATIONS]
+        variants = [codec.unaugment(reference_decoder(codec.augment(px, f, k), codec.augment(lt, f, k)).clamp(0, 1), f, k)
+                    for f, k in codec.AUGMENTATIONS]
     median = torch.stack(variants).median(dim=0).values
     assert torch.allclose(rgba[..., 3], median[:, 0], atol=1e-4)
 
@@ -89,7 +91,7 @@ def test_upscaled_images_decode_from_pixels_alone(tiny, layer_model, reference_d
     big = torch.nn.functional.interpolate(images.movedim(-1, 1), size=(100, 100)).movedim(1, -1)
     rgba = decode(latent, big)[0]
     assert rgba.shape == (1, 100, 100, 4)
-    padded = transparency.pad_to_multiple(big[0:1].movedim(-1, 1), 64)
+    padded = codec.pad_to_multiple(big[0:1].movedim(-1, 1), 64)
     with torch.no_grad():
         direct = reference_decoder(padded, torch.zeros(1, 4, 16, 16)).clamp(0, 1)[..., :100, :100]
     assert torch.allclose(rgba[..., 3], direct[:, 0], atol=1e-4)
@@ -124,11 +126,11 @@ def test_encode_adds_the_offset_to_the_posterior(tiny, layer_model, source):
     rgb, alpha = image[..., :3].movedim(-1, 1), image[..., 3:].movedim(-1, 1)
     model = tiny.vae.first_stage_model
     with torch.no_grad():
-        moments = model.quant_conv(model.encoder(transparency.flatten_on_grey(rgb, alpha) * 2 - 1))
+        moments = model.quant_conv(model.encoder(codec.flatten_on_grey(rgb, alpha) * 2 - 1))
         mean, logvar = moments.chunk(2, dim=1)
         encoder = LatentOffsetEncoder().eval()
         encoder.load_state_dict(lora_free(standins.exact_standin(standins.ENCODER_FILE, seed=2)))
-        offset = encoder(torch.cat([alpha, transparency.pad_rgb(rgb, alpha)], dim=1))
+        offset = encoder(torch.cat([alpha, codec.pad_rgb(rgb, alpha)], dim=1))
     assert torch.allclose(latent, mean + torch.exp(0.5 * logvar) * offset, atol=1e-4)
     assert not torch.allclose(latent, mean, atol=1e-3)  # the offset matters
 
@@ -142,7 +144,7 @@ def test_encode_adds_the_offset_to_the_posterior(tiny, layer_model, source):
 
 
 def test_encode_then_decode_a_sprite_through_the_real_sdxl_vae_architecture(layer_model):
-    from layerfusion_testnodes import tiny_sdxl
+    from layerfusion_dev.testnodes import tiny_sdxl
 
     vae = tiny_sdxl.build_vae(seed=0, full_width=True)
     assert sum(p.numel() for p in vae.first_stage_model.parameters()) > 80e6

@@ -6,7 +6,7 @@ import contextlib
 import tempfile
 from typing import Iterator
 
-from .paths import bootstrap
+from layerfusion_dev import bootstrap
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -19,7 +19,7 @@ def chromium_page(viewport: tuple[int, int] = (2200, 1400)) -> Iterator[tuple[ob
     """A fresh headless Chromium page (new profile) and the list its console errors collect into."""
     from playwright.sync_api import sync_playwright
 
-    executable = bootstrap().chromium_path()
+    executable = bootstrap.chromium_path()
     if executable is None:
         raise RuntimeError("Debian's chromium is not installed: run `make browser` (apt-get install chromium)")
     errors: list[str] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from layerfusion_testnodes import tiny_sdxl
+from layerfusion_dev.testnodes import tiny_sdxl
 
 
 def fixed_cond(seed: int = 2, batch: int = 1) -> list:

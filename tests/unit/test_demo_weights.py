@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-from support.paths import REPO
-
-spec = importlib.util.spec_from_file_location("layerfusion_demo", REPO / "scripts" / "demo.py")
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
+from layerfusion_dev import demo
 
 
 def test_no_checkpoint_means_the_tiny_model(tmp_path):

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from layerfusion.layerfusion_core import downloads, weight_files
+from layerfusion.layerfusion_core.weights import downloads
+
+from layerfusion.layerfusion_core.weights import known_files
 from support.fake_hub import COMMIT, FakeHub, closed_port_endpoint, served
-from support.paths import REPO
+from layerfusion_dev.paths import REPO
 
 NAME = "vae_transparent_encoder.safetensors"
 BODY = b"LayerDiffuse encoder stand-in " * 300
-REPO_ID = weight_files.HF_REPO
+REPO_ID = known_files.HF_REPO
 SCRIPT = REPO / "scripts" / "download_models.py"
 
 
@@ -50,9 +52,9 @@ def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def pin(monkeypatch: pytest.MonkeyPatch, revision: str | None = COMMIT, sha256: str | None = None) -> None:
     """Fill in the table entry the way a maintainer will (revision and sha256)."""
-    known = weight_files.KNOWN_BY_NAME[NAME]
+    known = known_files.KNOWN_BY_NAME[NAME]
     pinned = dataclasses.replace(known, revision=revision, sha256=sha256 or hashlib.sha256(BODY).hexdigest())
-    monkeypatch.setitem(weight_files.KNOWN_BY_NAME, NAME, pinned)
+    monkeypatch.setitem(known_files.KNOWN_BY_NAME, NAME, pinned)
 
 
 def tree(root: Path) -> dict[str, bytes | str]:
@@ -110,7 +112,7 @@ def test_a_hub_hash_that_disagrees_with_the_pinned_one_fails_before_downloading(
 
 
 def test_a_file_without_pinned_revision_and_sha256_is_refused_unless_trusted(tmp_path, models, caplog):
-    assert not weight_files.KNOWN_BY_NAME[NAME].pinned  # the shipped table: nothing pinned yet
+    assert not known_files.KNOWN_BY_NAME[NAME].pinned  # the shipped table: nothing pinned yet
     with FakeHub(REPO_ID, {NAME: served(BODY)}) as hub:
         with pytest.raises(downloads.DownloadError, match="no pinned revision and sha256.*--trust-hub-hash") as err:
             downloads.download(NAME, str(models), endpoint=hub.endpoint)
@@ -243,13 +245,13 @@ def test_the_models_folder_is_found_above_custom_nodes(tmp_path, monkeypatch):
 
 
 def test_the_table_pins_are_well_formed_or_explicitly_missing():
-    for known in weight_files.KNOWN_FILES:
+    for known in known_files.KNOWN_FILES:
         assert known.revision is None or (len(known.revision) == 40 and set(known.revision) <= set("0123456789abcdef"))
         assert known.sha256 is None or (len(known.sha256) == 64 and set(known.sha256) <= set("0123456789abcdef"))
         if known.converted_from is None:
-            assert known.repo == weight_files.HF_REPO and known.revision == weight_files.LAYERDIFFUSION_V1_REVISION
+            assert known.repo == known_files.HF_REPO and known.revision == known_files.LAYERDIFFUSION_V1_REVISION
         else:  # the FLUX files: converted from RedAIGC's pickled file, never downloaded as such
-            assert known.repo == weight_files.FLUX_HF_REPO and known.revision is None and known.sha256 is None
+            assert known.repo == known_files.FLUX_HF_REPO and known.revision is None and known.sha256 is None
             with pytest.raises(downloads.DownloadError, match="convert_flux_transparent_vae.py"):
                 downloads.known_download(known.name)
         assert known.pinned == (known.revision is not None and known.sha256 is not None)
@@ -289,7 +291,7 @@ def test_the_command_lists_the_known_files(tmp_path, models):
     result = run_command(["--list", "--models-dir", str(models)], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == len(weight_files.KNOWN_FILES)
+    assert len(lines) == len(known_files.KNOWN_FILES)
     assert any(line.startswith(NAME) and "present" in line for line in lines)
     assert any(line.startswith("vae_transparent_decoder.safetensors") and "missing" in line for line in lines)
     usage = run_command(["--models-dir", str(models)], tmp_path)

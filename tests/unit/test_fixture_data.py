@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from support.paths import REPO
+from layerfusion_dev.paths import REPO
 
-VENDORED = REPO / "tests" / "data" / "layerdiffuse_tensors.json"
+VENDORED = REPO / "layerfusion_dev" / "data" / "layerdiffuse_tensors.json"
 SHARED = REPO.parent / "shared" / "data" / "layerdiffuse_tensors.json"
 
 

@@ -15,14 +15,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from layerfusion.layerfusion_core import flux_convert, transparency
-from layerfusion.layerfusion_core.transparent_variants import (
+from layerfusion.layerfusion_core.transparency import flux_convert
+
+from layerfusion.layerfusion_core.transparency import codec
+from layerfusion.layerfusion_core.transparency.variants import (
     FLUX, SDXL, VARIANTS, UnknownVariantError, detect_variant,
 )
-from layerfusion.layerfusion_core.transparent_vae import LatentOffsetEncoder, TransparentDecoder
-from layerfusion.layerfusion_core.vae_models import expected_shapes, layout_problem
-from layerfusion_testnodes import standins
-from support.paths import REPO
+from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
+from layerfusion.layerfusion_core.transparency.loading import expected_shapes, layout_problem
+from layerfusion_dev.testnodes import standins
+from layerfusion_dev.paths import REPO
 
 SCRIPT = REPO / "scripts" / "convert_flux_transparent_vae.py"
 
@@ -94,9 +96,9 @@ def test_the_decoders_alpha_channel_lands_in_rgba_alpha(variant, marked_channel)
     pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     latent = torch.randn(1, variant.latent_channels, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        rgba = transparency.decode_rgba(decoder, pixels, latent, size_multiple=64, variant=variant)
-        from_pixels = transparency.decode_rgba(decoder, pixels, None, size_multiple=64, variant=variant,
-                                               augmentations=transparency.IDENTITY)
+        rgba = codec.decode_rgba(decoder, pixels, latent, size_multiple=64, variant=variant)
+        from_pixels = codec.decode_rgba(decoder, pixels, None, size_multiple=64, variant=variant,
+                                               augmentations=codec.IDENTITY)
     for out in (rgba, from_pixels):
         assert torch.allclose(out[:, 3], torch.full_like(out[:, 3], 0.9), atol=1e-5)
         assert torch.allclose(out[:, :3], torch.full_like(out[:, :3], 0.1), atol=1e-5)
@@ -111,12 +113,12 @@ def test_a_latent_of_the_other_variant_does_not_pass_through_the_decoder():
 def test_encoder_input_order_and_offset_scale():
     gen = torch.Generator().manual_seed(2)
     rgb, alpha = torch.rand(2, 3, 16, 16, generator=gen), (torch.rand(2, 1, 16, 16, generator=gen) > 0.5).float()
-    padded = transparency.pad_rgb(rgb, alpha)
-    assert torch.equal(transparency.encoder_input(rgb, alpha, SDXL), torch.cat([alpha, padded], dim=1))
-    assert torch.equal(transparency.encoder_input(rgb, alpha, FLUX), torch.cat([padded, alpha], dim=1))
+    padded = codec.pad_rgb(rgb, alpha)
+    assert torch.equal(codec.encoder_input(rgb, alpha, SDXL), torch.cat([alpha, padded], dim=1))
+    assert torch.equal(codec.encoder_input(rgb, alpha, FLUX), torch.cat([padded, alpha], dim=1))
     mean, std, offset = torch.randn(3, 2, 16, 2, 2, generator=gen)
-    assert torch.allclose(transparency.offset_latent(mean, std, offset, FLUX), mean + std * offset * 300.0)
-    assert torch.equal(transparency.offset_latent(mean[:, :4], std[:, :4], offset[:, :4], SDXL), mean[:, :4] + std[:, :4] * offset[:, :4])
+    assert torch.allclose(codec.offset_latent(mean, std, offset, FLUX), mean + std * offset * 300.0)
+    assert torch.equal(codec.offset_latent(mean[:, :4], std[:, :4], offset[:, :4], SDXL), mean[:, :4] + std[:, :4] * offset[:, :4])
     with torch.no_grad():
         assert LatentOffsetEncoder(variant=FLUX)(torch.rand(1, 4, 64, 96)).shape == (1, 16, 8, 12)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from support.paths import REPO
+from layerfusion_dev.paths import REPO
 
 
 def _names(lines: list[str]) -> dict[str, str]:

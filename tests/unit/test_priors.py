@@ -7,8 +7,10 @@ import itertools
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import priors
-from layerfusion.layerfusion_core.priors import BgMode, BlendSwitches
+from layerfusion.layerfusion_core.fusion import blending
+
+from layerfusion.layerfusion_core.fusion import priors
+from layerfusion.layerfusion_core.fusion.blending import BgMode, BlendSwitches
 
 
 def gen(seed):
@@ -54,11 +56,11 @@ def test_content_confidence_is_the_eos_column_averaged_over_heads():
 
 def test_masks_follow_the_equations():
     s, c = torch.rand(1, 9, generator=gen(4)), torch.rand(1, 9, generator=gen(5))
-    soft, hard = priors.masks(s, c, d=7.0)
+    soft, hard = blending.masks(s, c, d=7.0)
     expected_soft = naive_norm([float(a * b) for a, b in zip(s[0], c[0])])
     assert torch.allclose(soft[0].double(), torch.tensor(expected_soft, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(hard, 1 / (1 + torch.exp(-7.0 * (soft - 0.5))), atol=1e-6)
-    soft_only, _ = priors.masks(s, None, d=7.0)
+    soft_only, _ = blending.masks(s, None, d=7.0)
     assert torch.allclose(soft_only, priors.minmax_norm(s))
 
 
@@ -87,7 +89,7 @@ def test_blend_equals_the_naive_token_by_token_blend(mode, switches):
     fg, bg, bl = (torch.randn(1, 6, 4, generator=gen(i)) for i in (6, 7, 8))
     soft = torch.rand(1, 6, generator=gen(9))
     hard = torch.sigmoid(10 * (soft - 0.5))
-    got = priors.blend(fg, bg, bl, soft, hard, mode, switches)
+    got = blending.blend(fg, bg, bl, soft, hard, mode, switches)
     expected = naive_blend(fg[0], bg[0], bl[0], soft[0], hard[0], mode, switches)
     for g, e in zip(got, expected):
         assert torch.allclose(g[0], e, atol=1e-6)
@@ -105,7 +107,7 @@ def test_resize_map():
 def test_structure_prior_never_allocates_a_heads_x_m_x_m_tensor():
     """The memory proxy of the benchmark's structure-prior target (no wall time): at 32x32 tokens and
     10 heads, no single allocation comes near heads x M x M floats."""
-    from support.alloc_tracker import AllocationTracker
+    from layerfusion_dev.alloc_tracker import AllocationTracker
 
     heads, m_tokens = 10, 1024
     q, k = torch.randn(1, m_tokens, heads * 8, generator=gen(10)), torch.randn(1, m_tokens, heads * 8, generator=gen(11))

@@ -20,8 +20,10 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from layerfusion.layerfusion_core import priors
-from layerfusion.layerfusion_core.priors import BgMode, BlendSwitches
+from layerfusion.layerfusion_core.fusion import blending
+
+from layerfusion.layerfusion_core.fusion import priors
+from layerfusion.layerfusion_core.fusion.blending import BgMode, BlendSwitches
 
 settings.register_profile(
     "layerfusion-fuzz",
@@ -371,7 +373,7 @@ def unit_maps(draw: st.DrawFn, images: int, n: int, allow_none: bool) -> torch.T
 def test_masks_fuzz(data: st.DataObject, images: int, n: int, d: float) -> None:
     structure = data.draw(unit_maps(images, n, allow_none=False), label="structure")
     content = data.draw(unit_maps(images, n, allow_none=True), label="content")
-    soft, hard = priors.masks(structure, content, d)
+    soft, hard = blending.masks(structure, content, d)
     assert soft.shape == hard.shape == (images, n) and soft.dtype == hard.dtype == torch.float32
     assert_unit_interval(soft)
     assert_unit_interval(hard)
@@ -399,7 +401,7 @@ def test_masks_fuzz(data: st.DataObject, images: int, n: int, d: float) -> None:
 def test_masks_of_an_all_zero_content_map_with_d_at_its_extremes() -> None:
     structure = torch.rand(1, 6, generator=gen(0))
     for d, expected_hard in ((0.0, 0.5), (100.0, 1.0 / (1.0 + math.exp(50.0)))):
-        soft, hard = priors.masks(structure, torch.zeros(1, 6), d)
+        soft, hard = blending.masks(structure, torch.zeros(1, 6), d)
         assert torch.equal(soft, torch.zeros(1, 6))
         assert torch.allclose(hard.double(), torch.full((1, 6), expected_hard, dtype=torch.float64), rtol=1e-5, atol=0)
 
@@ -437,7 +439,7 @@ def blend_inputs(draw: st.DrawFn) -> tuple[torch.Tensor, ...]:
 @given(inputs=blend_inputs())
 def test_blend_fuzz(mode: BgMode, switches: BlendSwitches, inputs: tuple[torch.Tensor, ...]) -> None:
     a_fg, a_bg, a_bl, soft, hard = inputs
-    got = priors.blend(a_fg, a_bg, a_bl, soft, hard, mode, switches)
+    got = blending.blend(a_fg, a_bg, a_bl, soft, hard, mode, switches)
     expected = naive_blend(a_fg, a_bg, a_bl, soft, hard, mode, switches)
     stacked = torch.stack([a_fg, a_bg, a_bl]).double()
     lo, hi, magnitude = stacked.amin(0), stacked.amax(0), float(stacked.abs().amax())

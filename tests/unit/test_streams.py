@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import latents, streams
-from layerfusion.layerfusion_core.streams import Stream
+from layerfusion.layerfusion_core.layout import latents
+
+from layerfusion.layerfusion_core.layout import streams
+from layerfusion.layerfusion_core.layout.streams import Stream
 
 
 def test_interleave_puts_stream_s_at_rows_congruent_to_s():

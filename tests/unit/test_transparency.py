@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import latents, transparency
-from layerfusion.layerfusion_core.streams import Stream
-from layerfusion.layerfusion_core.transparent_vae import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
-from layerfusion_testnodes import standins
+from layerfusion.layerfusion_core.layout import latents
+
+from layerfusion.layerfusion_core.transparency import codec
+from layerfusion.layerfusion_core.layout.streams import Stream
+from layerfusion.layerfusion_core.transparency.networks import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
+from layerfusion_dev.testnodes import standins
 
 
 def gen(seed=0):
@@ -37,11 +39,11 @@ def test_encoder_gives_a_latent_sized_offset():
         assert LatentOffsetEncoder()(torch.rand(2, 4, 64, 96, generator=gen())).shape == (2, 4, 8, 12)
 
 
-@pytest.mark.parametrize("flip,k", transparency.AUGMENTATIONS)
+@pytest.mark.parametrize("flip,k", codec.AUGMENTATIONS)
 def test_unaugment_inverts_augment(flip, k):
     x = torch.arange(2 * 3 * 5 * 7.0).view(2, 3, 5, 7)
-    assert torch.equal(transparency.unaugment(transparency.augment(x, flip, k), flip, k), x)
-    assert len(set(transparency.AUGMENTATIONS)) == 8
+    assert torch.equal(codec.unaugment(codec.augment(x, flip, k), flip, k), x)
+    assert len(set(codec.AUGMENTATIONS)) == 8
 
 
 class ToyDecoder(torch.nn.Module):
@@ -90,7 +92,7 @@ def test_decode_rgba_equals_the_naive_median_of_eight(h, w, sub_batch):
     pixels, latent = torch.rand(2, 3, h, w, generator=gen(4)), torch.randn(2, 4, h // 8, w // 8, generator=gen(5))
     seen = []
     with torch.no_grad():
-        fast = transparency.decode_rgba(decoder, pixels, latent, size_multiple=16, sub_batch=sub_batch, on_progress=seen.append)
+        fast = codec.decode_rgba(decoder, pixels, latent, size_multiple=16, sub_batch=sub_batch, on_progress=seen.append)
         naive = naive_decode(ToyDecoder(), pixels, latent, 16)
     assert fast.shape == (2, 4, h, w) and fast.min() >= 0 and fast.max() <= 1
     assert torch.allclose(fast, naive, atol=1e-6)
@@ -101,40 +103,40 @@ def test_decode_without_augmentation_and_from_pixels_alone():
     decoder = ToyDecoder()
     pixels = torch.rand(1, 3, 50, 30, generator=gen(6))  # not even a multiple of 8
     with torch.no_grad():
-        out = transparency.decode_rgba(decoder, pixels, None, size_multiple=SIZE_MULTIPLE, augmentations=transparency.IDENTITY)
+        out = codec.decode_rgba(decoder, pixels, None, size_multiple=SIZE_MULTIPLE, augmentations=codec.IDENTITY)
     assert out.shape == (1, 4, 50, 30) and decoder.calls == [1]
     with pytest.raises(ValueError, match="does not fit"):
-        transparency.decode_rgba(decoder, pixels[..., :48, :24], torch.zeros(1, 4, 5, 5), size_multiple=16)
+        codec.decode_rgba(decoder, pixels[..., :48, :24], torch.zeros(1, 4, 5, 5), size_multiple=16)
 
 
 def test_flatten_on_grey():
     rgb, alpha = torch.tensor([[[[0.0]], [[1.0]], [[0.8]]]]), torch.tensor([[[[0.25]]]])
-    assert torch.allclose(transparency.flatten_on_grey(rgb, alpha).flatten(), torch.tensor([0.375, 0.625, 0.575]))
+    assert torch.allclose(codec.flatten_on_grey(rgb, alpha).flatten(), torch.tensor([0.375, 0.625, 0.575]))
 
 
 def test_pad_rgb_keeps_visible_colour_and_fills_from_it():
     rgb = torch.rand(1, 3, 24, 40, generator=gen(7))
     alpha = torch.zeros(1, 1, 24, 40)
     alpha[..., 5:12, 8:20] = 1.0
-    padded = transparency.pad_rgb(rgb, alpha)
+    padded = codec.pad_rgb(rgb, alpha)
     visible = alpha.expand_as(rgb) > 0
     assert torch.allclose(padded[visible], rgb[visible], atol=1e-6)
     lo, hi = rgb[:, :, 5:12, 8:20].amin(dim=(2, 3)), rgb[:, :, 5:12, 8:20].amax(dim=(2, 3))
     assert (padded >= lo[..., None, None] - 1e-5).all() and (padded <= hi[..., None, None] + 1e-5).all()
-    assert torch.allclose(transparency.pad_rgb(rgb, torch.zeros_like(alpha)), torch.full_like(rgb, 0.5))
+    assert torch.allclose(codec.pad_rgb(rgb, torch.zeros_like(alpha)), torch.full_like(rgb, 0.5))
     one_colour = torch.tensor([0.2, 0.4, 0.9]).view(1, 3, 1, 1).expand(1, 3, 24, 40)
-    assert torch.allclose(transparency.pad_rgb(one_colour, alpha), one_colour, atol=1e-6)
+    assert torch.allclose(codec.pad_rgb(one_colour, alpha), one_colour, atol=1e-6)
 
 
 def test_rgba_planes():
     image = torch.rand(2, 8, 8, 4, generator=gen(8))
-    rgb, alpha = transparency.rgba_planes(image)
+    rgb, alpha = codec.rgba_planes(image)
     assert rgb.shape == (2, 3, 8, 8) and torch.equal(alpha[:, 0], image[..., 3])
-    rgb, alpha = transparency.rgba_planes(image[..., :3], torch.ones(1, 4, 4))  # ComfyUI mask: 1 = transparent
+    rgb, alpha = codec.rgba_planes(image[..., :3], torch.ones(1, 4, 4))  # ComfyUI mask: 1 = transparent
     assert alpha.shape == (2, 1, 8, 8) and alpha.max() == 0
-    assert transparency.rgba_planes(image[..., :3])[1] is None
+    assert codec.rgba_planes(image[..., :3])[1] is None
     with pytest.raises(ValueError, match="3 masks for 2 images"):
-        transparency.rgba_planes(image, torch.ones(3, 8, 8))
+        codec.rgba_planes(image, torch.ones(3, 8, 8))
 
 
 def test_layered_latent_mark_and_stream_selection():

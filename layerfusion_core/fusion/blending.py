@@ -1,0 +1,55 @@
+"""LayerFusion's masks and attention-level blends as plain functions (docs/method.md).
+
+Shapes: maps ``[S, M]`` (S images, M tokens); attention outputs ``[S, M, D]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import torch
+
+from .priors import minmax_norm
+
+
+class BgMode(str, enum.Enum):
+    BG_FROM_BL = "bg_from_bl"  # the background follows the composite outside the object
+    BL_FROM_BG = "bl_from_bg"  # the composite takes the background outside the object
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendSwitches:
+    """Which of the three exchanges run (for ablations); all on by default."""
+
+    blend: bool = True  # a'_BL = a_FG * soft + a_BL * (1 - soft)
+    fg: bool = True  # a'_FG = a'_BL * hard + a_FG * (1 - hard)
+    bg: bool = True  # the background exchange (see BgMode)
+
+    @property
+    def any(self) -> bool:
+        return self.blend or self.fg or self.bg
+
+
+def masks(structure: torch.Tensor, content: torch.Tensor | None, d: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``soft = norm(s' * c)`` and ``hard = sigmoid(d * (soft - 0.5))``, each ``[S, M]`` in [0, 1].
+    With no content map yet (``None``), ``c = 1``."""
+    soft = minmax_norm(structure if content is None else structure * content)
+    return soft, torch.sigmoid(d * (soft - 0.5))
+
+
+def blend(
+    a_fg: torch.Tensor, a_bg: torch.Tensor, a_bl: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor,
+    mode: BgMode = BgMode.BG_FROM_BL, switches: BlendSwitches = BlendSwitches(),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention-level blend of one block: ``a_* [S, M, D]``, masks ``[S, M]`` -> new (fg, bg, bl)."""
+    soft, hard = soft.unsqueeze(-1).to(a_fg.dtype), hard.unsqueeze(-1).to(a_fg.dtype)
+    # torch.lerp(x, y, w) = x + w * (y - x) = y * w + x * (1 - w): one fused op, one new tensor each
+    bl = torch.lerp(a_bl, a_fg, soft) if switches.blend else a_bl
+    fg = torch.lerp(a_fg, bl, hard) if switches.fg else a_fg
+    bg = a_bg
+    if switches.bg and mode is BgMode.BG_FROM_BL:
+        bg = torch.lerp(bl, a_bg, soft)
+    elif switches.bg and mode is BgMode.BL_FROM_BG:
+        bl = torch.lerp(a_bg, bl, soft)
+    return fg, bg, bl
