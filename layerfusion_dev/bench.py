@@ -46,7 +46,7 @@ class RssSampler:
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(0.02)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.peak = self.process.memory_info().rss
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -78,16 +78,16 @@ def run_case(case: str, arch: str) -> dict:
     from layerfusion_dev.pack import import_pack
 
     import_pack()
-    from layerfusion.layerfusion_core.weights import lora_files
+    from layerfusion.layerfusion_core.fusion import priors
+    from layerfusion.layerfusion_core.fusion.settings import FusionSettings, PriorMode
     from layerfusion.layerfusion_core.layout.rows import Branch
     from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora
     from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
     from layerfusion.layerfusion_core.patching.layerdiffuse_conditional import layerdiffuse_conditional
     from layerfusion.layerfusion_core.patching.layerfusion import apply_layerfusion
-    from layerfusion.layerfusion_core.fusion import priors
     from layerfusion.layerfusion_core.transparency import codec
-    from layerfusion.layerfusion_core.fusion.settings import FusionSettings, PriorMode
     from layerfusion.layerfusion_core.transparency.networks import SIZE_MULTIPLE, TransparentDecoder
+    from layerfusion.layerfusion_core.weights import lora_files
     from layerfusion_dev.testnodes import standins, tiny_sdxl
 
     torch.manual_seed(0)

@@ -58,7 +58,7 @@ class Meter:
         self.torch, self.cuda = torch, device.type == "cuda"
         self.seconds, self.peak = 0.0, None
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         if self.cuda:
             self.torch.cuda.synchronize()
             self.torch.cuda.reset_peak_memory_stats()
@@ -74,24 +74,23 @@ class Meter:
 
 def run(args) -> dict:
     model_management = _host(args.device)
-    import torch
-
     import comfy.sample
     import comfy.weight_adapter
+    import torch
 
     from layerfusion_dev.pack import import_pack
 
     import_pack()
-    from layerfusion.layerfusion_core.weights import lora_files
+    from layerfusion.layerfusion_core.fusion import priors
+    from layerfusion.layerfusion_core.fusion.settings import FusionSettings, PriorMode
     from layerfusion.layerfusion_core.layout.rows import Branch
     from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora
     from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
     from layerfusion.layerfusion_core.patching.layerdiffuse_conditional import layerdiffuse_conditional
     from layerfusion.layerfusion_core.patching.layerfusion import apply_layerfusion
-    from layerfusion.layerfusion_core.fusion import priors
     from layerfusion.layerfusion_core.transparency import codec
-    from layerfusion.layerfusion_core.fusion.settings import FusionSettings, PriorMode
     from layerfusion.layerfusion_core.transparency.networks import SIZE_MULTIPLE, TransparentDecoder
+    from layerfusion.layerfusion_core.weights import lora_files
     from layerfusion_dev.testnodes import standins, tiny_sdxl
 
     device = model_management.get_torch_device()
@@ -132,7 +131,7 @@ def run(args) -> dict:
                         for p, f in lora.low_rank.items()}, 1.0)
     merged = enable_layered_batch(merged)
     paired = {"limit": limit, "fusion": fusion, "merged": merged}
-    for name, model in paired.items():  # warm-up: loading, first-call costs
+    for model in paired.values():  # warm-up: loading, first-call costs
         sample(model, 3, pos, neg, steps=1)
     runs = {name: [] for name in paired}
     for _ in range(args.repeats):  # in turns

@@ -7,9 +7,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
 
 from layerfusion_dev.comfy_server import ComfyServer  # noqa: E402
 from layerfusion_dev.ui_workflows import api_to_ui  # noqa: E402

@@ -22,8 +22,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .paths import PACK_NAME, REPO, TEST_NODES, comfyui_dir, pack_inside_host, python
 
@@ -123,7 +124,7 @@ class ComfyServer:
             *self.extra_args,
         ]
 
-    def start(self) -> "ComfyServer":
+    def start(self) -> ComfyServer:
         if pack_inside_host(self.host):
             log.info("the pack sits in %s/custom_nodes; it is linked again into the test base directory", self.host)
         cmd = self.command()
@@ -179,7 +180,7 @@ class ComfyServer:
         if self._own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         try:
             return self.start()
         except BaseException:

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from layerfusion_dev.comfy_server import ComfyServer, ServerError  # noqa: E402
 from layerfusion_dev.paths import REPO, comfyui_dir  # noqa: E402
 from layerfusion_dev.workflows import layer_model_files, load_api, on_tiny_model, output_paths, with_checkpoint  # noqa: E402

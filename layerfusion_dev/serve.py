@@ -13,7 +13,6 @@ import signal
 import sys
 from pathlib import Path
 
-
 from layerfusion_dev.comfy_server import ComfyServer  # noqa: E402
 from layerfusion_dev.paths import REPO, comfyui_dir  # noqa: E402
 

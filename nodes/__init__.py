@@ -6,8 +6,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from .fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from .latent import LayerFusionEmptyLatent, LayerFusionSplit
-from .layers import LayerFusionRecompose, LayerFusionSaveLayers
 from .layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
+from .layers import LayerFusionRecompose, LayerFusionSaveLayers
 from .lora import LayerFusionLoraApply
 from .transparent import LayerFusionTransparentDecode, LayerFusionTransparentEncode
 

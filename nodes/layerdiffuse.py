@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.weights import known_files
-from ..layerfusion_core.weights.lora_files import LoRAFileError, load_conditional
 from ..layerfusion_core.patching.layerdiffuse_conditional import layerdiffuse_conditional
 from ..layerfusion_core.patching.model_info import unet_shapes
 from ..layerfusion_core.transparency.codec import flatten_on_grey, rgba_planes
+from ..layerfusion_core.weights import known_files
+from ..layerfusion_core.weights.lora_files import LoRAFileError, load_conditional
 from .common import CATEGORY, node_error, require_finite, require_sdxl
 
 COND = "LayerFusion LayerDiffuse Conditional"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.weights import known_files
-from ..layerfusion_core.weights.lora_files import LoRAFileError, load_lora
 from ..layerfusion_core.layout.rows import Branch
 from ..layerfusion_core.patching.branch_lora import apply_branch_lora
 from ..layerfusion_core.patching.model_info import unet_shapes
+from ..layerfusion_core.weights import known_files
+from ..layerfusion_core.weights.lora_files import LoRAFileError, load_lora
 from .common import CATEGORY, node_error, require_sdxl
 
 NODE = "LayerFusion LoRA Apply"

@@ -8,16 +8,24 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.weights import known_files
 from ..layerfusion_core.layout.latents import stream_inputs
-from ..layerfusion_core.weights.safetensors_io import WeightFileError
 from ..layerfusion_core.layout.streams import Stream
 from ..layerfusion_core.transparency.codec import (
-    AUGMENTATIONS, IDENTITY, decode_rgba, encoder_input, flatten_on_grey, latent_fits, offset_latent, rgba_planes, same_aspect,
+    AUGMENTATIONS,
+    IDENTITY,
+    decode_rgba,
+    encoder_input,
+    flatten_on_grey,
+    latent_fits,
+    offset_latent,
+    rgba_planes,
+    same_aspect,
 )
-from ..layerfusion_core.transparency.variants import BY_LATENT_CHANNELS, FLUX, SDXL, TransparentVariant
-from ..layerfusion_core.transparency.networks import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
 from ..layerfusion_core.transparency.loading import ManagedModule, load_managed, posterior_moments
+from ..layerfusion_core.transparency.networks import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
+from ..layerfusion_core.transparency.variants import BY_LATENT_CHANNELS, FLUX, SDXL, TransparentVariant
+from ..layerfusion_core.weights import known_files
+from ..layerfusion_core.weights.safetensors_io import WeightFileError
 from .common import CATEGORY, node_error, require_finite
 from .previews import intermediate_output, rgba_preview
 

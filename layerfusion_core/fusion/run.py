@@ -48,11 +48,11 @@ class RecordSlot:
     after the other keep their own records (and the model LayerFusion Apply returned shows the
     last run of any model made from it)."""
 
-    def __init__(self, parent: "RecordSlot | None" = None) -> None:
+    def __init__(self, parent: RecordSlot | None = None) -> None:
         self.parent = parent
         self.record: MaskRecord | None = None
 
-    def __deepcopy__(self, memo) -> "RecordSlot":
+    def __deepcopy__(self, memo) -> RecordSlot:
         return RecordSlot(parent=self)
 
     def publish(self, record: MaskRecord) -> None:

@@ -21,11 +21,10 @@ import dataclasses
 import logging
 import uuid
 
-import torch
-import torch.nn.functional as F
-
 import comfy.model_patcher
 import comfy.patcher_extension
+import torch
+import torch.nn.functional as F
 
 from ..layout.rows import Branch
 from ..weights.lora_files import LoadedLoRA
@@ -73,7 +72,7 @@ class BranchLoRA:
         self.key, self.layers, self.branch, self.file_name = key, layers, branch, file_name
         self._handles: dict[int, list[torch.utils.hooks.RemovableHandle]] = {}  # id(model) -> its hooks
 
-    def __deepcopy__(self, memo) -> "BranchLoRA":
+    def __deepcopy__(self, memo) -> BranchLoRA:
         # ComfyUI deep-copies model_options on every clone: the factors are never changed and the
         # injection that attaches them is shared by the clones already, so share this too (no
         # second copy of the LoRA per clone, and one record of the hooks attached)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from typing import Any, Callable
-
-import torch
+from collections.abc import Callable
+from typing import Any
 
 import comfy.model_patcher
 import comfy.patcher_extension
+import torch
 
 from ..layout.rows import FULL_STREAMS, RowSelector
 from .hook_points import hook_point_error
@@ -37,7 +37,7 @@ class CallRows:
     def cond_chunk(self) -> int | None:
         return self.cond_or_uncond.index(0) if 0 in self.cond_or_uncond else None
 
-    def only(self, selector: RowSelector) -> "CallRows":
+    def only(self, selector: RowSelector) -> CallRows:
         """The same call seen through ``selector`` (hits still count for this call)."""
         return dataclasses.replace(self, selector=selector)
 

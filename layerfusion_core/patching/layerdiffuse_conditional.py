@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 import comfy.model_patcher
 import comfy.patcher_extension
+import torch
 
 from ..weights.lora_files import INPUT_CONV, LoadedLoRA
 from .options import CONCAT_KEY, CONDITION_WRAPPER_KEY

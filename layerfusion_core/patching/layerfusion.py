@@ -15,10 +15,9 @@ import dataclasses
 import functools
 import logging
 
-import torch
-
 import comfy.model_patcher
 import comfy.patcher_extension
+import torch
 
 from ..fusion.run import FusionRun, Phase, RecordSlot
 from ..fusion.settings import BlockKey, FusionSettings, PriorMode

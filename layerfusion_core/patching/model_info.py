@@ -3,9 +3,8 @@ transformer blocks as ComfyUI keys their patches."""
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_patcher
+import torch
 
 from ..fusion.settings import BlockKey
 

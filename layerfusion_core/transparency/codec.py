@@ -7,7 +7,7 @@ Shapes: pixels/images ``[B, C, H, W]`` (NCHW) unless a name says ``bhwc``; laten
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F

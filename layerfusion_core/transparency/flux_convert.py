@@ -18,9 +18,9 @@ import re
 
 import torch
 
-from .variants import FLUX, TransparentVariant
-from .networks import LatentOffsetEncoder, TransparentDecoder
 from .loading import expected_shapes, layout_problem
+from .networks import LatentOffsetEncoder, TransparentDecoder
+from .variants import FLUX, TransparentVariant
 
 log = logging.getLogger(__name__)
 

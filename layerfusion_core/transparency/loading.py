@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from ..weights.safetensors_io import WeightFileError, read_safetensors
-from .variants import (
-    DECODER_LATENT_KEY, ENCODER_LAST_KEY, SDXL, VARIANTS, TransparentVariant, UnknownVariantError, detect_variant,
-)
-from .networks import LatentOffsetEncoder, TransparentDecoder
 from ..weights.known_files import KNOWN_BY_NAME, KnownFile
+from ..weights.safetensors_io import WeightFileError, read_safetensors
+from .networks import LatentOffsetEncoder, TransparentDecoder
+from .variants import (
+    DECODER_LATENT_KEY,
+    ENCODER_LAST_KEY,
+    SDXL,
+    VARIANTS,
+    TransparentVariant,
+    UnknownVariantError,
+    detect_variant,
+)
 
 VARIANT_KEY = {TransparentDecoder: DECODER_LATENT_KEY, LatentOffsetEncoder: ENCODER_LAST_KEY}  # read the variant from
 

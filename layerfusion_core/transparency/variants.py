@@ -14,7 +14,7 @@ on its own, so the nodes pass LATENT samples through unchanged.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 RGBA = "rgba"  # the order the nodes output, and the letters the orders below are spelled with
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from .safetensors_io import WeightFileError, read_safetensors
 from .known_files import FileKind, known_file
+from .safetensors_io import WeightFileError, read_safetensors
 
 FROZEN_KEY = re.compile(r"^(?P<target>.+)::(?P<kind>[a-z_]+)::(?P<index>\d+)$")
 TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te_", "te1", "te2", "clip_", "lora_clip")

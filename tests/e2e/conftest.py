@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import pytest
-
 from safetensors.torch import save_file
 
 from layerfusion_dev.comfy_server import ComfyServer
 from layerfusion_dev.host import import_comfy
 from layerfusion_dev.paths import current_frontend_args
-
 
 STYLE_LORA = "your_style_lora.safetensors"  # the user's own LoRA in the style-on-bg workflow
 FLUX_LORA = "layerlora.safetensors"  # LayerDiffuse's FLUX LoRA (a stand-in fitting the tiny FLUX model)

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from layerfusion_dev.testnodes import standins
 from layerfusion_dev.comfy_server import ServerError
+from layerfusion_dev.testnodes import standins
 from layerfusion_dev.workflows import load_api, on_tiny_model, output_paths
 
 TINY = {"class_type": "LayerFusionTestTinySDXL", "inputs": {"variant": "depth1", "seed": 0}}

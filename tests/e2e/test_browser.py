@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.browser import chromium_page
 from layerfusion_dev.comfy_server import ComfyServer
 from layerfusion_dev.paths import current_frontend_args
 from layerfusion_dev.ui_workflows import api_to_ui
 from layerfusion_dev.workflows import load_api, on_tiny_model
+from support.browser import chromium_page
 
 LIGHT, DARK = (255, 255, 255), (189, 189, 189)  # the checkerboard's two squares (#ffffff, #bdbdbd)
 FRAME = 8  # px of checkerboard around each RGBA preview
@@ -81,7 +81,8 @@ def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboar
         png = tile.screenshot()
         if os.environ.get("LAYERFUSION_SCREENSHOTS"):  # for a person to look at
             page.screenshot(path=os.path.join(os.environ["LAYERFUSION_SCREENSHOTS"], "workflow_a.png"))
-            open(os.path.join(os.environ["LAYERFUSION_SCREENSHOTS"], "rgba_preview.png"), "wb").write(png)
+            with open(os.path.join(os.environ["LAYERFUSION_SCREENSHOTS"], "rgba_preview.png"), "wb") as file:
+                file.write(png)
         shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
         # a reload: the page starts again, the workflow is loaded, and the frontend hands back the

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from layerfusion_dev.testnodes import standins
 from layerfusion_dev.comfy_server import ServerError
+from layerfusion_dev.testnodes import standins
 
 CHANGED = 1e-2
 
@@ -56,7 +56,8 @@ def test_workflow_differs_from_unpatched_only_on_the_chosen_rows(server, branch,
 
 
 def test_a_file_that_is_not_a_lora_is_refused_with_the_node_and_input(server):
-    with pytest.raises(ServerError, match=r"LayerFusion LoRA Apply: input 'lora_name': vae_transparent_decoder.safetensors: is a LayerDiffuse transparent VAE decoder, not a LoRA"):
+    with pytest.raises(ServerError, match=r"LayerFusion LoRA Apply: input 'lora_name': vae_transparent_decoder.safetensors: "
+                                          r"is a LayerDiffuse transparent VAE decoder, not a LoRA"):
         server.run(graph("fg", lora=standins.DECODER_FILE))
 
 

@@ -13,19 +13,21 @@ the cached patched models of the run before, which must be clean too.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from layerfusion_dev.testnodes import standins
 from layerfusion_dev.comfy_server import ComfyServer, ServerError, execution_error
 from layerfusion_dev.host import import_comfy
+from layerfusion_dev.testnodes import standins
 from layerfusion_dev.workflows import load_api, on_tiny_model
 
 SIZE, STEPS = 64, 2
@@ -302,5 +304,5 @@ def test_a_queue_of_20_prompts_keeps_memory_bounded(fresh, references):
     for prompt_id in ids:
         assert "sample" not in cached_nodes(fresh.wait(prompt_id, timeout=600))
     after_last = settled_rss_mb(fresh)
-    print(f"server RSS after the first prompt: {after_first:.0f} MB, after the 20th: {after_last:.0f} MB")
+    logging.getLogger(__name__).info("server RSS after the first prompt: %.0f MB, after the 20th: %.0f MB", after_first, after_last)
     assert after_last - after_first <= RSS_GROWTH_BOUND_MB, (after_first, after_last)

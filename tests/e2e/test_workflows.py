@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.layered_readers import READERS
 from layerfusion_dev.paths import PACK_NAME
 from layerfusion_dev.ui_workflows import ui_to_api, widget_problems
 from layerfusion_dev.workflows import API_DIR, on_tiny_model, output_paths
+from support.layered_readers import READERS
 
 TWINS = sorted(p.stem for p in API_DIR.glob("*.json"))
 TRANSPARENT_SOURCES = {"LayerFusionTransparentDecode"}

@@ -8,18 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core.weights import lora_files
-
-from layerfusion.layerfusion_core.layout.rows import BatchLayoutError
-
+from layerfusion.layerfusion_core.layout.rows import BatchLayoutError, Branch
 from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora, branch_loras
-
 from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
-
 from layerfusion.layerfusion_core.patching.options import LAYOUT_OPTION, ROWS_WRAPPER_KEY
-
-from layerfusion.layerfusion_core.weights import safetensors_io
-from layerfusion.layerfusion_core.layout.rows import Branch
+from layerfusion.layerfusion_core.weights import lora_files, safetensors_io
 from layerfusion_dev.testnodes import layout, standins, tiny_sdxl
 from support.sampling import changed_rows, identical_rows, sample
 

@@ -30,25 +30,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core.weights import lora_files
-
 from layerfusion.layerfusion_core.layout.rows import Branch
-
 from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora, branch_loras
-
 from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
-
 from layerfusion.layerfusion_core.patching.hook_points import HookPointError
-
 from layerfusion.layerfusion_core.patching.layerfusion import fusion_patch
-
 from layerfusion.layerfusion_core.patching.model_info import transformer_keys
-
 from layerfusion.layerfusion_core.patching.options import ROWS_WRAPPER_KEY
-
 from layerfusion.layerfusion_core.transparency import loading
-from layerfusion.layerfusion_core.weights.safetensors_io import WeightFileError
 from layerfusion.layerfusion_core.transparency.networks import TransparentDecoder
+from layerfusion.layerfusion_core.weights import lora_files
+from layerfusion.layerfusion_core.weights.safetensors_io import WeightFileError
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
 from layerfusion_dev.testnodes import standins, tiny_sdxl
 from support.sampling import changed_rows, sample

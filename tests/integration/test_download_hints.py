@@ -8,9 +8,7 @@ import re
 
 import pytest
 
-from layerfusion.layerfusion_core.weights import downloads
-
-from layerfusion.layerfusion_core.weights import known_files
+from layerfusion.layerfusion_core.weights import downloads, known_files
 
 
 def test_a_missing_known_file_names_the_folder_the_url_and_the_command():

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from layerfusion.layerfusion_core.transparency import codec
-from layerfusion.layerfusion_core.transparency.variants import FLUX, SDXL
-from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
 from layerfusion.layerfusion_core.transparency.loading import load_managed, posterior_moments
+from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
+from layerfusion.layerfusion_core.transparency.variants import FLUX, SDXL
 from layerfusion.layerfusion_core.weights.safetensors_io import WeightFileError
 from layerfusion.nodes import transparent as nodes
 from layerfusion_dev.testnodes import standins

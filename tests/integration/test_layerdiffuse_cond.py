@@ -6,12 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core.weights import lora_files
-
 from layerfusion.layerfusion_core.patching.layerdiffuse_conditional import ConditionSizeError
-
 from layerfusion.layerfusion_core.patching.model_info import unet_shapes
-from layerfusion.layerfusion_core.weights.lora_files import LoRAFileError
+from layerfusion.layerfusion_core.weights import lora_files
 from layerfusion.nodes.layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
 from layerfusion_dev.testnodes import standins
 from support.sampling import fixed_cond

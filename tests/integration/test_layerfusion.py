@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core.weights import lora_files
-
-from layerfusion.layerfusion_core.layout.rows import BatchLayoutError
-
-from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora, branch_loras
-
-from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
-
-from layerfusion.layerfusion_core.patching.layerfusion import fusion_patch
-
-from layerfusion.layerfusion_core.patching.options import EOS_KEY
 from layerfusion.layerfusion_core.fusion.run import Phase
-from layerfusion.layerfusion_core.layout.rows import Branch
+from layerfusion.layerfusion_core.layout.rows import BatchLayoutError, Branch
+from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora, branch_loras
+from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
+from layerfusion.layerfusion_core.patching.layerfusion import fusion_patch
+from layerfusion.layerfusion_core.patching.options import EOS_KEY
+from layerfusion.layerfusion_core.weights import lora_files
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
 from layerfusion_dev.testnodes import standins, tiny_sdxl
 from support.sdxl import SDXL_KEYS
@@ -162,11 +156,11 @@ def test_masks_are_in_unit_range_with_each_blocks_token_count(fg_lora_model, con
     rec = record(model)
     grids = {("input", 4): 8, ("input", 5): 8, ("input", 7): 4, ("input", 8): 4, ("middle", 0): 4,
              ("output", 0): 4, ("output", 1): 4, ("output", 2): 4, ("output", 3): 8, ("output", 4): 8, ("output", 5): 8}
-    assert rec.structure.shape == (2, 8, 8) and 0 <= rec.structure.min() and rec.structure.max() <= 1
+    assert rec.structure.shape == (2, 8, 8) and rec.structure.min() >= 0 and rec.structure.max() <= 1
     assert {key for key, _ in rec.soft} == {(*block, 0) for block in grids}
     for (key, _), soft in rec.soft.items():
         side = grids[key[:2]]
-        assert soft.shape == (2, side, side) and 0 <= soft.min() and soft.max() <= 1
+        assert soft.shape == (2, side, side) and soft.min() >= 0 and soft.max() <= 1
 
 
 def test_every_sdxl_block_blends_on_the_full_depth_model(tiny_full_unet, tiny, conds):
@@ -245,7 +239,7 @@ def test_masks_node_shows_what_the_run_used(tiny, conds):
     structure, soft, hard, preview = LayerFusionMasks.execute(model, {"samples": out}, "structure", -1).result
     assert structure.shape == soft.shape == hard.shape == (2, 128, 128) and preview.shape == (2, 128, 384, 3)
     for maps in (structure, soft, hard):
-        assert 0 <= maps.min() and maps.max() <= 1
+        assert maps.min() >= 0 and maps.max() <= 1
     step = rec.extraction_step
     recorded = rec.soft[(("output", 5, 0), step)].float().unsqueeze(1)
     expected = torch.nn.functional.interpolate(recorded, size=(128, 128), mode="bilinear", align_corners=False).squeeze(1)

@@ -26,14 +26,14 @@ import dataclasses
 import enum
 import hashlib
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from layerfusion.layerfusion_core.patching.branch_lora import BranchLoRA
-
 from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from layerfusion.nodes.layerdiffuse import LayerFusionLayerDiffuseCond

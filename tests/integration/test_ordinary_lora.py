@@ -7,13 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core.weights import lora_files
-
-from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora
-
-from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
-from layerfusion.layerfusion_core.weights.lora_files import LoRAFileError
 from layerfusion.layerfusion_core.layout.rows import Branch
+from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora
+from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
+from layerfusion.layerfusion_core.weights import lora_files
+from layerfusion.layerfusion_core.weights.lora_files import LoRAFileError
 from layerfusion_dev.testnodes import tiny_sdxl
 from support.sampling import changed_rows, identical_rows, sample
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from layerfusion.layerfusion_core.layout import latents
-
 from layerfusion.layerfusion_core.transparency import codec
 from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
 from layerfusion.nodes import transparent as nodes
@@ -99,7 +98,8 @@ def test_upscaled_images_decode_from_pixels_alone(tiny, layer_model, reference_d
 
 def test_decode_errors_name_the_node_and_input(tiny, layer_model):
     latent, images = layered_batch(tiny)
-    with pytest.raises(ValueError, match=r"LayerFusion Transparent Decode: input 'decoder_name': layer_xl_transparent_attn.safetensors: none of its .* tensors is a transparent VAE decoder tensor"):
+    with pytest.raises(ValueError, match=r"LayerFusion Transparent Decode: input 'decoder_name': layer_xl_transparent_attn.safetensors: "
+                                         r"none of its .* tensors is a transparent VAE decoder tensor"):
         decode(latent, images, decoder_name=standins.ATTN_FILE)
     with pytest.raises(ValueError, match=r"input 'images': has 2 images for 1 latent rows"):
         decode(latent, images[0:2])
@@ -139,7 +139,7 @@ def test_encode_adds_the_offset_to_the_posterior(tiny, layer_model, source):
 
     images = tiny.vae.decode(latent)  # and back: Transparent Decode of that latent, at the image's size
     rgba, _rgb, mask = decode({"samples": latent}, images)
-    assert rgba.shape == image.shape and torch.isfinite(rgba).all() and 0 <= rgba.min() and rgba.max() <= 1
+    assert rgba.shape == image.shape and torch.isfinite(rgba).all() and rgba.min() >= 0 and rgba.max() <= 1
     assert torch.allclose(mask, 1.0 - rgba[..., 3])
 
 
@@ -156,4 +156,4 @@ def test_encode_then_decode_a_sprite_through_the_real_sdxl_vae_architecture(laye
     images = vae.decode(latent["samples"])
     rgba, rgb, mask = decode(latent, images, augment=True)
     assert rgba.shape == (1, 72, 96, 4) and mask.shape == (1, 72, 96)
-    assert torch.isfinite(rgba).all() and 0 <= rgba.min() and rgba.max() <= 1
+    assert torch.isfinite(rgba).all() and rgba.min() >= 0 and rgba.max() <= 1

@@ -28,7 +28,8 @@ def test_layer_model_folder_keeps_extra_model_paths_entries(tmp_path):
 
 
 def test_a_missing_known_file_says_where_to_get_it():
-    with pytest.raises(FileNotFoundError, match=r"huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/layer_xl_transparent_conv.safetensors into ComfyUI/models/layer_model/"):
+    with pytest.raises(FileNotFoundError, match=r"huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/"
+                                                r"layer_xl_transparent_conv.safetensors into ComfyUI/models/layer_model/"):
         known_files.resolve("layer_xl_transparent_conv.safetensors")
     with pytest.raises(FileNotFoundError, match="is not in ComfyUI's layer_model or loras folders"):
         known_files.resolve("../../secrets.safetensors")

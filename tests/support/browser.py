@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from layerfusion_dev import bootstrap
 

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from layerfusion.layerfusion_core.weights import downloads
-
-from layerfusion.layerfusion_core.weights import known_files
-from support.fake_hub import COMMIT, FakeHub, closed_port_endpoint, served
+from layerfusion.layerfusion_core.weights import downloads, known_files
 from layerfusion_dev.paths import REPO
+from support.fake_hub import COMMIT, FakeHub, closed_port_endpoint, served
 
 NAME = "vae_transparent_encoder.safetensors"
 BODY = b"LayerDiffuse encoder stand-in " * 300
@@ -136,9 +134,8 @@ def test_trusting_the_hub_still_refuses_bytes_that_do_not_match_what_it_reports(
 def test_trusting_the_hub_needs_a_sha256_from_it(models):
     not_lfs = served(BODY)
     not_lfs.etag = "a" * 40  # a git blob id: the Hub gives no sha256 for files outside LFS
-    with FakeHub(REPO_ID, {NAME: not_lfs}) as hub:
-        with pytest.raises(downloads.DownloadError, match="reports no sha256"):
-            downloads.download(NAME, str(models), endpoint=hub.endpoint, trust_hub_hash=True)
+    with FakeHub(REPO_ID, {NAME: not_lfs}) as hub, pytest.raises(downloads.DownloadError, match="reports no sha256"):
+        downloads.download(NAME, str(models), endpoint=hub.endpoint, trust_hub_hash=True)
     assert not (models / "layer_model").exists()
 
 
@@ -173,9 +170,8 @@ def test_offline_mode_fails_in_one_line_without_any_request(models, monkeypatch)
 def test_names_with_folders_or_dots_are_refused(tmp_path, models, monkeypatch, name):
     pin(monkeypatch)
     before = tree(tmp_path)
-    with FakeHub(REPO_ID, {NAME: served(BODY)}) as hub:
-        with pytest.raises(downloads.DownloadError, match="plain file name|not a file name"):
-            downloads.download(name, str(models), endpoint=hub.endpoint)
+    with FakeHub(REPO_ID, {NAME: served(BODY)}) as hub, pytest.raises(downloads.DownloadError, match="plain file name|not a file name"):
+        downloads.download(name, str(models), endpoint=hub.endpoint)
     assert hub.requests == [] and tree(tmp_path) == before
 
 
@@ -198,9 +194,8 @@ def test_a_destination_that_is_a_link_leading_outside_is_refused(tmp_path, model
     (models / "layer_model").mkdir()
     (models / "layer_model" / NAME).symlink_to(target)
     before = tree(tmp_path)
-    with FakeHub(REPO_ID, {NAME: served(BODY)}) as hub:
-        with pytest.raises(downloads.DownloadError, match="leads outside"):
-            downloads.download(NAME, str(models), endpoint=hub.endpoint, force=True)
+    with FakeHub(REPO_ID, {NAME: served(BODY)}) as hub, pytest.raises(downloads.DownloadError, match="leads outside"):
+        downloads.download(NAME, str(models), endpoint=hub.endpoint, force=True)
     assert hub.requests == [] and tree(tmp_path) == before
 
 

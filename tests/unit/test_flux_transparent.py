@@ -15,16 +15,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from layerfusion.layerfusion_core.transparency import flux_convert
-
-from layerfusion.layerfusion_core.transparency import codec
-from layerfusion.layerfusion_core.transparency.variants import (
-    FLUX, SDXL, VARIANTS, UnknownVariantError, detect_variant,
-)
-from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
+from layerfusion.layerfusion_core.transparency import codec, flux_convert
 from layerfusion.layerfusion_core.transparency.loading import expected_shapes, layout_problem
-from layerfusion_dev.testnodes import standins
+from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
+from layerfusion.layerfusion_core.transparency.variants import (
+    FLUX,
+    SDXL,
+    VARIANTS,
+    UnknownVariantError,
+    detect_variant,
+)
 from layerfusion_dev.paths import REPO
+from layerfusion_dev.testnodes import standins
 
 SCRIPT = REPO / "scripts" / "convert_flux_transparent_vae.py"
 

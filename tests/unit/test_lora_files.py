@@ -6,9 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerfusion.layerfusion_core.weights import lora_files
-
-from layerfusion.layerfusion_core.weights import safetensors_io
+from layerfusion.layerfusion_core.weights import lora_files, safetensors_io
 from layerfusion.layerfusion_core.weights.lora_files import LoRAFileError
 
 Q = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"

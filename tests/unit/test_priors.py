@@ -7,9 +7,7 @@ import itertools
 import pytest
 import torch
 
-from layerfusion.layerfusion_core.fusion import blending
-
-from layerfusion.layerfusion_core.fusion import priors
+from layerfusion.layerfusion_core.fusion import blending, priors
 from layerfusion.layerfusion_core.fusion.blending import BgMode, BlendSwitches
 
 

@@ -20,9 +20,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from layerfusion.layerfusion_core.fusion import blending
-
-from layerfusion.layerfusion_core.fusion import priors
+from layerfusion.layerfusion_core.fusion import blending, priors
 from layerfusion.layerfusion_core.fusion.blending import BgMode, BlendSwitches
 
 settings.register_profile(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion.layerfusion_core.layout import latents
-
-from layerfusion.layerfusion_core.layout import streams
+from layerfusion.layerfusion_core.layout import latents, streams
 from layerfusion.layerfusion_core.layout.streams import Stream
 
 

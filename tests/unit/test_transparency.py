@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from layerfusion.layerfusion_core.layout import latents
-
-from layerfusion.layerfusion_core.transparency import codec
 from layerfusion.layerfusion_core.layout.streams import Stream
+from layerfusion.layerfusion_core.transparency import codec
 from layerfusion.layerfusion_core.transparency.networks import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
 from layerfusion_dev.testnodes import standins
 
@@ -72,11 +71,11 @@ def naive_decode(decoder, pixels, latent, multiple):
         h, w = pixels.shape[-2:]
         ph, pw = (-h) % multiple, (-w) % multiple
         p = torch.nn.functional.pad(pixels[i : i + 1], (0, pw, 0, ph), mode="replicate")
-        l = torch.nn.functional.pad(latent[i : i + 1], (0, pw // 8, 0, ph // 8), mode="replicate")
+        lat = torch.nn.functional.pad(latent[i : i + 1], (0, pw // 8, 0, ph // 8), mode="replicate")
         variants = []
         for flip in (False, True):
             for k in range(4):
-                pa, la = (p.flip(-1), l.flip(-1)) if flip else (p, l)
+                pa, la = (p.flip(-1), lat.flip(-1)) if flip else (p, lat)
                 y = decoder(torch.rot90(pa, k, (2, 3)), torch.rot90(la, k, (2, 3))).clamp(0, 1)
                 y = torch.rot90(y, -k, (2, 3))
                 y = y.flip(-1) if flip else y
