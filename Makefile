@@ -1,10 +1,12 @@
 # LayerFusion: two commands do everything (`make demo`, `make test`); each sets itself up first.
+# `make test` is the quick run (everything but the tests marked slow); `make test-all` runs every test
+# and sets the browser tier up first (`make browser`); CI runs `make lint` and `make test-all` (.ci/run).
 PYTHON ?= python3
 VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
 DOWNLOAD_ARGS ?= --list
 
-.PHONY: setup browser test test-unit test-integration test-e2e demo bench bench-gpu serve download clean
+.PHONY: setup browser lint test test-all test-unit test-integration test-e2e demo bench bench-gpu serve download clean
 
 setup:
 	@$(PYTHON) -m layerfusion_dev.bootstrap setup
@@ -12,7 +14,13 @@ setup:
 browser:
 	@$(PYTHON) -m layerfusion_dev.bootstrap browser
 
-test: setup browser
+lint: setup
+	$(VENV_PY) -m ruff check .
+
+test: setup
+	$(VENV_PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup browser
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup

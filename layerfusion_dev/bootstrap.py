@@ -4,7 +4,7 @@ Runs with any Python 3.10+ and only the standard library, so that `make` can cal
 fresh machine. Every step is idempotent and leaves a stamp; a second run only checks stamps.
 
     python3 -m layerfusion_dev.bootstrap setup        # host + venv (what `make` runs first)
-    python3 -m layerfusion_dev.bootstrap browser      # Debian's chromium and the second frontend for the browser tests
+    python3 -m layerfusion_dev.bootstrap browser      # the second frontend and Debian's chromium for the browser tests (make browser)
     python3 -m layerfusion_dev.bootstrap host-path    # print the ComfyUI directory in use
 
 Which ComfyUI is used (first match wins):
@@ -184,13 +184,30 @@ def chromium_path() -> str | None:
     return None
 
 
+def chromium_hint() -> str:
+    """One line: how to get the browser the browser tests need."""
+    run = "make browser" if os.geteuid() == 0 else "sudo make browser"
+    return f"the browser tests need Debian's chromium: run `{run}` (apt-get install chromium)"
+
+
+def browser_problem(frontend: bool = False) -> str | None:
+    """Why the browser tests cannot run here, in one line (None when they can): no chromium, or,
+    with ``frontend``, no copy of the current frontend in .cache/. Both come from `make browser`."""
+    if chromium_path() is None:
+        return chromium_hint()
+    if frontend and not (current_frontend_root() / "index.html").is_file():
+        name, version = CURRENT_FRONTEND
+        return f"the browser tests on frontend {version} need {name}=={version} in {CURRENT_FRONTEND_DIR}: run `make browser`"
+    return None
+
+
 def ensure_browser() -> str:
     """Install Debian's chromium package for the headless browser tests, if it is missing."""
     found = chromium_path()
     if found:
         return found
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        raise SystemExit("the browser tests need Debian's chromium package: run `apt-get install chromium` as root")
+        raise SystemExit(chromium_hint())
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log("installing Debian's chromium for the browser tests")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
@@ -215,8 +232,9 @@ def main(argv: list[str]) -> int:
         host = setup()
         log(f"ComfyUI host: {host} ({host_path()[1]})")
     elif command == "browser":
-        log(f"chromium: {ensure_browser()}")
+        # the frontend first: it needs no root, so a run without root still gets it before chromium's hint
         log(f"frontend {CURRENT_FRONTEND[1]}: {ensure_current_frontend()}")
+        log(f"chromium: {ensure_browser()}")
     elif command == "host-path":
         sys.stdout.write(f"{host_path()[0]}\n")
     else:

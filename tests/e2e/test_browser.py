@@ -2,7 +2,8 @@
 types and no console errors of its own, runs, and the extension draws its checkerboard preview,
 which comes back when the frontend restores its outputs (a reload). Each test runs against the
 host's own frontend and against the one current ComfyUI ships (comfyui-frontend-package 1.58.1,
-through --front-end-root)."""
+through --front-end-root). The slow tier (`make test-all`): without chromium (or the second
+frontend) each test fails with one line saying how to get it (`make browser`), never a skip."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from layerfusion_dev import bootstrap
 from layerfusion_dev.comfy_server import ComfyServer
 from layerfusion_dev.paths import current_frontend_args
 from layerfusion_dev.ui_workflows import api_to_ui
 from layerfusion_dev.workflows import load_api, on_tiny_model
 from support.browser import chromium_page
+
+pytestmark = pytest.mark.slow  # a browser per test, a server per frontend (and a stock one per baseline)
 
 LIGHT, DARK = (255, 255, 255), (189, 189, 189)  # the checkerboard's two squares (#ffffff, #bdbdbd)
 FRAME = 8  # px of checkerboard around each RGBA preview
@@ -40,9 +44,22 @@ FRONTENDS = {"host frontend": ("server", lambda: []), "frontend 1.58.1": ("curre
 
 @pytest.fixture(params=list(FRONTENDS))
 def frontend(request):
-    """(the pack's server, the arguments that choose its frontend) for each frontend."""
+    """(the pack's server, the arguments that choose its frontend) for each frontend; (None, why)
+    when this machine cannot run it (no server is started then): `ready` fails the test with why."""
     fixture, args = FRONTENDS[request.param]
+    problem = bootstrap.browser_problem(frontend=fixture == "current_frontend_server")
+    if problem:
+        return None, problem
     return request.getfixturevalue(fixture), args()
+
+
+def ready(frontend) -> tuple[ComfyServer, list[str]]:
+    """The frontend fixture's server and arguments; a failure of one line (how to get chromium or
+    the frontend: `make browser`) when the browser tests cannot run here. Never a skip."""
+    server, extra_args = frontend
+    if server is None:
+        pytest.fail(extra_args, pytrace=False)
+    return server, extra_args
 
 
 def stock_errors(extra_args: list[str]) -> set[str]:
@@ -57,7 +74,7 @@ PREVIEW_LOADED = "() => { const i = document.querySelector('.layerfusion-checker
 
 
 def test_workflow_a_runs_in_the_browser_and_the_rgba_preview_shows_a_checkerboard(frontend):
-    server, extra_args = frontend
+    server, extra_args = ready(frontend)
     baseline = stock_errors(extra_args)
     workflow = api_to_ui(on_tiny_model(load_api("layerfusion"), size=64, steps=3), server.object_info())
     with chromium_page() as (page, errors):
@@ -110,7 +127,7 @@ HOSTILE = '"><img src=x onerror="window.__layerfusion_pwned=1"><b class="injecte
 def test_the_extension_inserts_no_html_from_execution_messages(frontend):
     """File names in a node's execution message (which a custom filename_prefix or another pack can
     shape) reach the page only as URL parameters, never as markup."""
-    server, _args = frontend
+    server, _args = ready(frontend)
     with chromium_page() as (page, _errors):
         open_comfy(page, server)
         found = page.evaluate("""(hostile) => {
@@ -151,7 +168,7 @@ def test_the_layered_files_a_run_saved_are_listed_on_the_node(frontend):
     the PSD and OpenRaster files it wrote, each a link the server serves (the file itself)."""
     import urllib.request
 
-    server, _args = frontend
+    server, _args = ready(frontend)
     graph = on_tiny_model(load_api("layerfusion_layered_file"), size=64, steps=2)
     graph["sample"]["inputs"]["seed"] = 4242  # not served from the cache of another test
     workflow = api_to_ui(graph, server.object_info())

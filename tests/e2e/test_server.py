@@ -91,10 +91,11 @@ def test_harness_fails_when_a_pack_fails_to_import(tmp_path):
     assert host.process is None  # stopped
 
 
+@pytest.mark.slow  # a server of its own, and the same workflow test_demo_graph_runs_on_the_tiny_model runs
 def test_demo_script_writes_pngs(tmp_path):
     out = tmp_path / "output"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--tiny", "--output", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "layerfusion_dev.demo", "--tiny", "--output", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tiny random-weight model" in done.stdout
     pngs = sorted(out.rglob("*.png"))

@@ -283,6 +283,7 @@ def test_free_between_two_runs_changes_nothing(server, references, flags):
 
 
 # ---- D: a queue of 20 prompts, memory bounded ----------------------------------------------------
+@pytest.mark.slow  # 20 prompts in a row
 def test_a_queue_of_20_prompts_keeps_memory_bounded(fresh, references):
     """20 LayerFusion prompts (the shipped workflow on the tiny model at 64x64, 2 steps, seeds
     100-119: the first alone, then 19 queued at once) all complete, and the server's RSS after the

@@ -21,7 +21,7 @@ def chromium_page(viewport: tuple[int, int] = (2200, 1400)) -> Iterator[tuple[ob
 
     executable = bootstrap.chromium_path()
     if executable is None:
-        raise RuntimeError("Debian's chromium is not installed: run `make browser` (apt-get install chromium)")
+        raise RuntimeError(bootstrap.chromium_hint())
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="layerfusion-chromium-") as profile, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
