@@ -21,7 +21,7 @@ from ..layerfusion_core.transparency.codec import (
     rgba_planes,
     same_aspect,
 )
-from ..layerfusion_core.transparency.loading import ManagedModule, load_managed, posterior_moments
+from ..layerfusion_core.transparency.loading import ManagedModule, NotKLAutoencoderError, load_managed, posterior_moments
 from ..layerfusion_core.transparency.networks import SIZE_MULTIPLE, LatentOffsetEncoder, TransparentDecoder
 from ..layerfusion_core.transparency.variants import BY_LATENT_CHANNELS, FLUX, SDXL, TransparentVariant
 from ..layerfusion_core.weights import known_files
@@ -192,7 +192,7 @@ class LayerFusionTransparentEncode(io.ComfyNode):
             raise _latent_mismatch(ENCODE, "vae", channels, f"makes {channels}-channel latents", variant, "encoder_name", encoder_name)
         try:
             mean, std = posterior_moments(vae, flatten_on_grey(rgb, alpha))
-        except TypeError as err:
+        except NotKLAutoencoderError as err:
             raise node_error(ENCODE, "vae", str(err), f"Connect {variant.base_vae}.") from None
         offset = encoder.run()(encoder_input(rgb, alpha, variant))
         return io.NodeOutput({"samples": offset_latent(mean, std, offset, variant)})

@@ -1,4 +1,4 @@
-"""Test tiers (see ../shared/spec/style.md): tests/unit (core maths, no ComfyUI),
+"""Test tiers: tests/unit (core maths, no ComfyUI),
 tests/integration (the real ComfyUI in-process, tiny model), tests/e2e (the real server)."""
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 import torch
 
 CLIP_END_TOKEN = 49407
-CHUNK = 77
 
 
 def blend_prompt(fg: str, bg: str, blend: str) -> str:

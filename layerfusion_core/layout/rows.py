@@ -64,24 +64,6 @@ class RowSelector:
         period = len(self.streams)
         return index[(index % self.per_chunk) % period == self.streams.index(branch.stream)]
 
-    def complement(self, rows: torch.Tensor) -> torch.Tensor:
-        """The rows not in ``rows``."""
-        key = ("not", rows.data_ptr())
-        if key not in self._cache:
-            keep = torch.ones(self.rows, dtype=torch.bool, device=self.device)
-            keep[rows] = False
-            self._cache[key] = keep.nonzero().flatten()
-        return self._cache[key]
-
-    def stream_rows(self, stream: Stream, chunk: int) -> torch.Tensor:
-        """Rows ``[sets]`` of ``stream`` in chunk ``chunk`` (a layered batch only)."""
-        key = (stream, chunk)
-        if key not in self._cache:
-            period = len(self.streams)
-            start = chunk * self.per_chunk + self.streams.index(stream)
-            self._cache[key] = torch.arange(start, (chunk + 1) * self.per_chunk, period, device=self.device)
-        return self._cache[key]
-
 
 FULL_STREAMS: tuple[Stream, ...] = tuple(Stream)
 

@@ -27,7 +27,7 @@ from .variants import (
     detect_variant,
 )
 
-VARIANT_KEY = {TransparentDecoder: DECODER_LATENT_KEY, LatentOffsetEncoder: ENCODER_LAST_KEY}  # read the variant from
+VARIANT_KEY = {TransparentDecoder: DECODER_LATENT_KEY, LatentOffsetEncoder: ENCODER_LAST_KEY}  # the tensor each file's variant is read from
 
 
 def expected_file(module_cls: type[torch.nn.Module], variant: TransparentVariant) -> KnownFile:
@@ -137,6 +137,10 @@ def load_managed(module_cls: type[torch.nn.Module], path: str) -> ManagedModule:
     return ManagedModule(patcher, dtype)
 
 
+class NotKLAutoencoderError(ValueError):
+    """The VAE given has no Gaussian posterior (not SDXL's or FLUX's KL autoencoder)."""
+
+
 def posterior_moments(vae, pixels_bchw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation ``[B, C, H/8, W/8]`` of ComfyUI VAE's posterior for RGB in [0, 1]
     (raw latent space: no scale or shift).
@@ -149,7 +153,7 @@ def posterior_moments(vae, pixels_bchw: torch.Tensor) -> tuple[torch.Tensor, tor
     model = getattr(vae, "first_stage_model", None)
     regulariser = type(getattr(model, "regularization", None)).__name__
     if model is None or not hasattr(model, "encoder") or not (hasattr(model, "quant_conv") or regulariser == "DiagonalGaussianRegularizer"):
-        raise TypeError("expected an SDXL or FLUX VAE (a KL autoencoder); this VAE has no Gaussian posterior to offset")
+        raise NotKLAutoencoderError("expected an SDXL or FLUX VAE (a KL autoencoder); this VAE has no Gaussian posterior to offset")
     comfy.model_management.load_models_gpu([vae.patcher])
     with torch.inference_mode():
         x = vae.process_input(pixels_bchw).to(device=vae.device, dtype=vae.vae_dtype)

@@ -20,7 +20,6 @@ PACK_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 DOWNLOAD_SCRIPT = os.path.join(PACK_DIR, "scripts", "download_models.py")  # the download helper
 CONVERT_SCRIPT = os.path.join(PACK_DIR, "scripts", "convert_flux_transparent_vae.py")  # FLUX .pth -> safetensors
 HF_REPO = "LayerDiffusion/layerdiffusion-v1"
-HF_URL = "https://huggingface.co/" + HF_REPO + "/resolve/main/{name}"
 # The FLUX variant (RedAIGC's LayerDiffuse for FLUX.1-dev): its README says to download the
 # repository's files from this Hugging Face repository; the URL pattern below was not checked
 # here (huggingface.co is unreachable offline). It publishes TransparentVAE.pth (pickled: this

@@ -1,4 +1,4 @@
-"""LayerFusion Apply on the real ComfyUI sampler with the tiny SDXL model: invariants of method.md."""
+"""LayerFusion Apply on the real ComfyUI sampler with the tiny SDXL model: invariants of docs/method.md."""
 
 from __future__ import annotations
 
@@ -213,7 +213,8 @@ def test_clear_errors(tiny, conds):
         sample(apply(tiny.model), (stock, stock))
     with pytest.raises(ValueError, match="LayerFusion Apply: input 'model': is a BaseModel model, expected SDXL"):
         apply(tiny_sdxl.build_sd15_unet())
-    with pytest.raises(ValueError, match="already went through LayerFusion Apply"):
+    with pytest.raises(ValueError, match=r"input 'model': already went through LayerFusion Apply\. Use one LayerFusion Apply "
+                                         r"per model: connect the model from before the first one\.$"):
         apply(apply(tiny.model))
 
 

@@ -1,4 +1,4 @@
-"""Priors, masks and blends against naive implementations written here from method.md's equations."""
+"""Priors, masks and blends against naive implementations written here from docs/method.md's equations."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_norm_of_a_constant_map_is_zero_not_nan():
 
 
 def naive_blend(fg, bg, bl, soft, hard, mode, sw):
-    """Token by token, exactly as method.md writes it."""
+    """Token by token, exactly as docs/method.md writes it."""
     out_fg, out_bg, out_bl = fg.clone(), bg.clone(), bl.clone()
     for i in range(fg.shape[0]):
         s, h = float(soft[i]), float(hard[i])

@@ -1,6 +1,6 @@
 """Property-based fuzzing of priors, masks and blends (issue 9): shapes, ranges, finiteness, degenerate inputs.
 
-Every expected value is computed here, in float64, from method.md's equations (never by calling the function
+Every expected value is computed here, in float64, from docs/method.md's equations (never by calling the function
 under test again). Tolerances are the rounding error of the function's own dtype, amplified where the maths
 amplifies it (a min-max normalisation divides by the map's range plus ``EPS``).
 
@@ -52,7 +52,7 @@ def gen(seed: int) -> torch.Generator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Naive float64 references, from method.md's equations
+# Naive float64 references, from docs/method.md's equations
 
 
 def naive_norm(values: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,7 @@ def naive_blend(
     fg: torch.Tensor, bg: torch.Tensor, bl: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor,
     mode: BgMode, sw: BlendSwitches,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """method.md's three exchanges written out as products, in float64."""
+    """docs/method.md's three exchanges written out as products, in float64."""
     fg, bg, bl = fg.double(), bg.double(), bl.double()
     s, h = soft.double().unsqueeze(-1), hard.double().unsqueeze(-1)
     bl1 = fg * s + bl * (1 - s) if sw.blend else bl
