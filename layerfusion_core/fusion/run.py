@@ -42,17 +42,21 @@ class MaskRecord:
 class RecordSlot:
     """Where the runs of one model leave their `MaskRecord`.
 
-    ComfyUI deep-copies a model's options whenever it clones the model: a clone gets a new slot
-    linked to the one it was copied from. A run's record goes into the slot of the model that ran
-    and of every model it was cloned from, never into a sibling clone's, so two clones sampled one
-    after the other keep their own records (and the model LayerFusion Apply returned shows the
-    last run of any model made from it)."""
+    Each clone of the model gets a new slot linked to the one it was cloned from (made by the
+    patcher's ON_CLONE callback: ComfyUI versions copy a model's options differently, 0.3.75 deeply,
+    current ones only their dicts and lists, so the slot itself is never copied). A run's record
+    goes into the slot of the model that ran and of every model it was cloned from, never into a
+    sibling clone's, so two clones sampled one after the other keep their own records (and the model
+    LayerFusion Apply returned shows the last run of any model made from it)."""
 
     def __init__(self, parent: RecordSlot | None = None) -> None:
         self.parent = parent
         self.record: MaskRecord | None = None
 
     def __deepcopy__(self, memo) -> RecordSlot:
+        return self  # never copied: a clone's own slot comes from the clone callback
+
+    def child(self) -> RecordSlot:
         return RecordSlot(parent=self)
 
     def publish(self, record: MaskRecord) -> None:

@@ -153,6 +153,13 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     return out
 
 
+def _own_record_slot(original: comfy.model_patcher.ModelPatcher, clone: comfy.model_patcher.ModelPatcher, *args, **kwargs) -> None:
+    """ON_CLONE callback: the clone records its runs in a slot of its own, linked to the original's."""
+    patch = fusion_patch(original)
+    if patch is not None:
+        set_transformer_option(clone, FUSION_OPTION, dataclasses.replace(patch, records=patch.records.child()))
+
+
 def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionSettings) -> comfy.model_patcher.ModelPatcher:
     """A clone of an SDXL ``model`` that runs LayerFusion on [fg, bg, blend] * N batches.
     Raises `FusionModelError` for a model it cannot patch."""
@@ -177,6 +184,7 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
     kind = comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE
     patched.remove_wrappers_with_key(kind, FUSION_WRAPPER_KEY)
     patched.add_wrapper_with_key(kind, FUSION_WRAPPER_KEY, _fusion_sample)
+    patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLONE, FUSION_WRAPPER_KEY, _own_record_slot)
     log.info("LayerFusion on %d transformer blocks; structure prior from %s; %s", len(keys), structure_block, settings)
     return patched
 

@@ -44,9 +44,36 @@ def record(model):
     return fusion_patch(model).records.record
 
 
-def test_two_clones_sampled_one_after_the_other_keep_their_own_mask_records(tiny, conds):
+def _copy_dicts_and_lists(value):
+    """Dicts and lists copied, every other value shared (as comfy.utils.deepcopy_list_dict does)."""
+    if isinstance(value, dict):
+        return {k: _copy_dicts_and_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_dicts_and_lists(v) for v in value]
+    return value
+
+
+def clone_as_current_comfyui(patcher):
+    """ModelPatcher.clone as current ComfyUI does it (comfy/model_patcher.py, clone():
+    ``n.model_options = comfy.utils.deepcopy_list_dict(self.model_options)``, then the ON_CLONE
+    callbacks): the options' dicts and lists are copied, their other values (the pack's objects)
+    shared with the original, where 0.3.75 deep-copies them."""
+    from comfy.patcher_extension import CallbacksMP
+
+    clone = patcher.clone()
+    clone.model_options = _copy_dicts_and_lists(patcher.model_options)
+    for callback in patcher.get_all_callbacks(CallbacksMP.ON_CLONE):
+        callback(patcher, clone)
+    return clone
+
+
+CLONES = {"ComfyUI 0.3.75's clone": lambda model: model.clone(), "current ComfyUI's clone": clone_as_current_comfyui}
+
+
+@pytest.mark.parametrize("clone", CLONES.values(), ids=CLONES.keys())
+def test_two_clones_sampled_one_after_the_other_keep_their_own_mask_records(tiny, conds, clone):
     applied = apply(tiny.model)
-    first, second = applied.clone(), applied.clone()  # e.g. two branches of a graph after one Apply
+    first, second = clone(applied), clone(applied)  # e.g. two branches of a graph after one Apply
     out_first = sample(first, conds, seed=1)
     record_first = record(first)
     out_second = sample(second, conds, seed=2)  # other noise: another structure prior
@@ -65,7 +92,7 @@ def test_two_clones_sampled_one_after_the_other_keep_their_own_mask_records(tiny
     assert torch.equal(LayerFusionMasks.execute(applied, {"samples": out_second}, "structure", -1).result[0], shown_second)
     # a clone that has not run shows nothing yet, with the node's own error
     with pytest.raises(ValueError, match="LayerFusion Masks: input 'block': nothing recorded yet"):
-        LayerFusionMasks.execute(first.clone(), {"samples": out_first}, "structure", -1)
+        LayerFusionMasks.execute(clone(first), {"samples": out_first}, "structure", -1)
 
 
 def _registered_callables(model) -> dict[str, object]:
