@@ -38,8 +38,11 @@ def _specs(info: dict[str, Any]) -> list[tuple[str, list]]:
 
 
 def is_widget(spec: list) -> bool:
+    """A widget value, not a link: the basic widget types, a combo, or an input with no socket at all
+    (Create Layered Image's COMPOSITOR: the Layer Editor's saved state, ``{}`` when none)."""
     kind = spec[0]
-    return isinstance(kind, list) or kind in WIDGET_TYPES
+    socketless = len(spec) > 1 and isinstance(spec[1], dict) and bool(spec[1].get("socketless"))
+    return isinstance(kind, list) or kind in WIDGET_TYPES or socketless
 
 
 def _widget_values(spec_name: str, spec: list, value: Any) -> list[Any]:

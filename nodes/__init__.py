@@ -9,6 +9,7 @@ from .latent import LayerFusionEmptyLatent, LayerFusionSplit
 from .layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
 from .layers import LayerFusionRecompose, LayerFusionSaveLayers
 from .lora import LayerFusionLoraApply
+from .native_layers import LayerFusionLayers
 from .transparent import LayerFusionTransparentDecode, LayerFusionTransparentEncode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -24,6 +25,7 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionFlattenAlpha,
     LayerFusionRecompose,
     LayerFusionSaveLayers,
+    LayerFusionLayers,
 ]
 
 

@@ -49,11 +49,34 @@ def _batch_of(node: str, name: str, image: torch.Tensor, batch: int) -> torch.Te
 def _same_size(node: str, name: str, image: torch.Tensor, height: int, width: int) -> None:
     if tuple(image.shape[1:3]) != (height, width):
         raise node_error(node, name, f"is {image.shape[2]}x{image.shape[1]}, the foreground is {width}x{height}",
-                         "Layers of one file share one canvas: resize it (or use LayerFusion Recompose to place the "
+                         "Layers of one layered set share one canvas: resize it (or use LayerFusion Recompose to place the "
                          "foreground on a larger background first).")
 
 
-def _foreground_input() -> io.Image.Input:
+def layered_set(node: str, foreground: torch.Tensor, background: torch.Tensor, composite: torch.Tensor | None,
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Check a layered set's inputs (``node`` names them in errors); the background, composite and
+    mask with as many rows as the foreground (a single one is used for every set)."""
+    _require_images(node, "foreground", foreground, (4,))
+    _require_images(node, "background", background, (3, 4))
+    _require_images(node, "composite", composite, (3, 4))
+    batch, height, width, _ = foreground.shape
+    background = _batch_of(node, "background", background, batch)
+    _same_size(node, "background", background, height, width)
+    if composite is not None:
+        composite = _batch_of(node, "composite", composite, batch)
+        _same_size(node, "composite", composite, height, width)
+    if mask is not None:
+        mask = mask[None] if mask.ndim == 2 else mask
+        if mask.ndim != 3 or mask.shape[0] == 0:
+            raise node_error(node, "mask", f"has shape {tuple(mask.shape)}, expected [batch, height, width]", "Connect a MASK.")
+        require_finite(node, "mask", mask)
+        mask = _batch_of(node, "mask", mask, batch)
+        _same_size(node, "mask", mask, height, width)
+    return background, composite, mask
+
+
+def foreground_input() -> io.Image.Input:
     return io.Image.Input("foreground", tooltip="The transparent foreground: RGBA (LayerFusion Transparent Decode's RGBA).")
 
 
@@ -71,7 +94,7 @@ class LayerFusionSaveLayers(io.ComfyNode):
                 "its transparency, straight alpha kept exactly), composite (hidden), and the mask (hidden) if given."
             ),
             inputs=[
-                _foreground_input(),
+                foreground_input(),
                 io.Image.Input("background", tooltip="The background layer (RGB or RGBA), the foreground's size. One image "
                                                      "is used for every set."),
                 io.Image.Input("composite", optional=True,
@@ -89,23 +112,10 @@ class LayerFusionSaveLayers(io.ComfyNode):
 
     @classmethod
     def execute(cls, foreground, background, format: str, filename_prefix: str, composite=None, mask=None) -> io.NodeOutput:
-        _require_images(SAVE, "foreground", foreground, (4,))
-        _require_images(SAVE, "background", background, (3, 4))
-        _require_images(SAVE, "composite", composite, (3, 4))
         if format not in FORMAT_CHOICES:
             raise node_error(SAVE, "format", f"is {format!r}", f"Choose one of {', '.join(FORMAT_CHOICES)}.")
+        background, composite, mask = layered_set(SAVE, foreground, background, composite, mask)
         batch, height, width, _ = foreground.shape
-        background = _batch_of(SAVE, "background", background, batch)
-        _same_size(SAVE, "background", background, height, width)
-        if composite is not None:
-            composite = _batch_of(SAVE, "composite", composite, batch)
-            _same_size(SAVE, "composite", composite, height, width)
-        if mask is not None:
-            mask = mask[None] if mask.ndim == 2 else mask
-            if mask.ndim != 3 or mask.shape[0] == 0:
-                raise node_error(SAVE, "mask", f"has shape {tuple(mask.shape)}, expected [batch, height, width]", "Connect a MASK.")
-            mask = _batch_of(SAVE, "mask", mask, batch)
-            _same_size(SAVE, "mask", mask, height, width)
 
         output_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width, height)
@@ -144,7 +154,7 @@ class LayerFusionRecompose(io.ComfyNode):
                 "placed foreground's alpha as a MASK."
             ),
             inputs=[
-                _foreground_input(),
+                foreground_input(),
                 io.Image.Input("background", tooltip="The background (RGB, or RGBA for a transparent result); sets the "
                                                      "canvas size. One image is used for every foreground."),
                 io.Int.Input("x", default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION,

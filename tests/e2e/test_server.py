@@ -17,6 +17,7 @@ PACK_NODES = {
     "LayerFusionConditioning", "LayerFusionEmptyLatent", "LayerFusionSplit", "LayerFusionApply", "LayerFusionMasks",
     "LayerFusionLoraApply", "LayerFusionTransparentDecode", "LayerFusionTransparentEncode",
     "LayerFusionLayerDiffuseCond", "LayerFusionFlattenAlpha", "LayerFusionRecompose", "LayerFusionSaveLayers",
+    "LayerFusionLayers",
 }
 
 
@@ -59,6 +60,25 @@ def test_demo_graph_runs_on_the_tiny_model(server):
     fg_entry = next(img for img in images if img["filename"].startswith("fg"))
     with Image.open(io.BytesIO(server.view(fg_entry))) as served:  # the same file through /view
         assert served.size == (128, 128) and served.mode == "RGBA"
+
+
+def test_layers_node_runs_on_this_host_and_shows_its_layers(server):
+    """LayerFusion Layers on a host with or without ComfyUI's own layer nodes: its LAYERS type is
+    listed by name, and the set's layers come out as one IMAGE batch and as previews on the node."""
+    info = server.object_info()
+    assert info["LayerFusionLayers"]["output"] == ["LAYERS", "IMAGE"]
+    graph = {
+        "bg": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x336699}},
+        "colour": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0xFF8800}},
+        "alpha": {"class_type": "SolidMask", "inputs": {"value": 0.25, "width": 64, "height": 64}},
+        "fg": {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["colour", 0], "alpha": ["alpha", 0]}},
+        "layers": {"class_type": "LayerFusionLayers", "inputs": {"foreground": ["fg", 0], "background": ["bg", 0], "set_index": 0}},
+        "preview": {"class_type": "PreviewImage", "inputs": {"images": ["layers", 1]}},
+    }
+    outputs = server.run(graph)
+    assert len(outputs["preview"]["images"]) == 2 and len(outputs["layers"]["images"]) == 2
+    with Image.open(io.BytesIO(server.view(outputs["layers"]["images"][1]))) as shown:  # the foreground, transparent
+        assert shown.mode == "RGBA" and shown.getpixel((10, 10))[3] in (64, 191)
 
 
 def test_split_refuses_a_batch_that_is_not_three_streams(server):

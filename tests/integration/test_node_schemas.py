@@ -16,7 +16,7 @@ def test_schema_is_valid_and_documented(node):
         assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
 
 
-PREVIEWING = {"LayerFusionTransparentDecode", "LayerFusionMasks"}  # nodes whose UI output is a preview
+PREVIEWING = {"LayerFusionTransparentDecode", "LayerFusionMasks", "LayerFusionLayers"}  # nodes whose UI output is a preview
 
 
 def test_previewing_nodes_ask_for_their_previews_again_where_the_host_can(monkeypatch):

@@ -1,0 +1,78 @@
+"""ComfyUI's own LAYERS value from one LayerFusion layered set (plain torch).
+
+LAYERS is the layer stack that current ComfyUI's Add Layer builds and Create Layered Image (and its
+Layer Editor) reads: ``comfy_api/latest/_io.py`` `Layers` types it, ``comfy_extras/nodes_compositor.py``
+builds and reads it. A dict ``{"version": 1, "canvas": (width, height), "layers": [item, ...]}``;
+each item ``{"type": "raster", "image": [B, H, W, 3 or 4], "name", "x", "y", "z_index", "visible",
+...}``. The reader stable-sorts the items by ``z_index``, turns each image batch into that many
+consecutive layers, and reads a 4-channel image's last channel as straight alpha (multiplied by
+``1 - mask`` where an item has a ``mask``: ComfyUI's MASK, 1 = transparent).
+
+What is built here, bottom first (the names and order of LayerFusion Save Layers' files):
+``background``, ``foreground`` (its straight alpha as the image's fourth channel, no mask),
+``composite`` (hidden) and ``mask`` (hidden, grey: white = 1). Every item has ``z_index`` 0, so the
+list order is the stack and a layer that Add Layer appends (``z_index`` 0 by default) lands on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+LAYERS_TYPE = "LAYERS"
+LAYERS_VERSION = 1
+BACKGROUND, FOREGROUND, COMPOSITE, MASK = "background", "foreground", "composite", "mask"
+
+
+@dataclasses.dataclass(frozen=True)
+class StackLayer:
+    """One layer of a set: ``image`` ``[1, H, W, 3 or 4]`` (straight alpha when 4)."""
+
+    name: str
+    image: torch.Tensor
+    visible: bool = True
+
+
+def _frame(batch: torch.Tensor, index: int) -> torch.Tensor:
+    """Row ``index`` of ``batch`` (``[B, ...]``) as a batch of one; a single row serves every index."""
+    row = index if batch.shape[0] > 1 else 0
+    return batch[row:row + 1].contiguous()
+
+
+def set_layers(foreground: torch.Tensor, background: torch.Tensor, index: int,
+               composite: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> list[StackLayer]:
+    """The layers of set ``index``, bottom first.
+
+    ``foreground`` ``[B, H, W, 4]`` (straight alpha), ``background`` and ``composite`` ``[B or 1, H, W,
+    3 or 4]``, ``mask`` ``[B or 1, H, W]``; all of one size (the caller checks).
+    """
+    layers = [StackLayer(BACKGROUND, _frame(background, index)), StackLayer(FOREGROUND, _frame(foreground, index))]
+    if composite is not None:
+        layers.append(StackLayer(COMPOSITE, _frame(composite, index), visible=False))
+    if mask is not None:
+        grey = _frame(mask, index)[..., None].expand(-1, -1, -1, 3).contiguous()
+        layers.append(StackLayer(MASK, grey, visible=False))
+    return layers
+
+
+def layers_document(layers: list[StackLayer]) -> dict:
+    """The LAYERS value of ``layers`` (bottom first) on a canvas of their size, each at the origin."""
+    height, width = layers[0].image.shape[1:3]
+    items = [
+        {"type": "raster", "image": layer.image, "name": layer.name, "x": 0, "y": 0, "z_index": 0,
+         "visible": layer.visible}
+        for layer in layers
+    ]
+    return {"version": LAYERS_VERSION, "canvas": (int(width), int(height)), "layers": items}
+
+
+def layers_batch(layers: list[StackLayer]) -> torch.Tensor:
+    """The layers as one IMAGE batch ``[N, H, W, 4]``, bottom first: RGB layers get an opaque alpha."""
+    frames = []
+    for layer in layers:
+        image = layer.image.float()
+        if image.shape[-1] == 3:
+            image = torch.cat([image, torch.ones_like(image[..., :1])], dim=-1)
+        frames.append(image)
+    return torch.cat(frames, dim=0)
