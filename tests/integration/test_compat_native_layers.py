@@ -25,6 +25,7 @@ from layerfusion.nodes.native_layers import LayerFusionLayers
 from layerfusion.nodes.transparent import MASK_TRANSPARENT
 from layerfusion_dev.native_compositor import document_items, expand_item_frames, frame_alpha
 from layerfusion_dev.native_nodes import EMULATED, EmulatedAddLayer, EmulatedImageCompositor
+from layerfusion_dev.paths import REPO
 from layerfusion_dev.workflows import load_api, on_tiny_model
 from support.layered_readers import real_rgba
 
@@ -234,3 +235,18 @@ def test_the_real_reader_and_compositor_agree_with_the_emulation_where_the_host_
     out = real.composite_from_state([f["tensor"] for f in frames], real.state_from_items(frames, real.document_canvas(doc)), alphas)
     image, _mask = real.composite_outputs(out)
     assert torch.allclose(image, EmulatedImageCompositor.execute(doc, {}).result[0], atol=1e-5)
+
+
+def test_the_readme_shows_the_wiring_with_the_nodes_own_names():
+    text = (REPO / "README.md").read_text()
+    section = text.split("#### Into ComfyUI's own layer nodes")[1].split("\n### ")[0]
+    wiring = section.split("```")[1]
+    info = LayerFusionLayers.GET_NODE_INFO_V1()
+    inputs = [name for part in ("required", "optional") for name in info["input_order"].get(part, []) if name != "set_index"]
+    assert all(f"-> {name} " in wiring for name in inputs), wiring
+    assert all(f"-> {name} " in wiring for name in info["output_name"]), wiring
+    for node in ("Transparent Decode", "LayerFusion Layers", "Add Layer", "Create Layered Image"):
+        assert node in wiring
+    assert "`set_index`" in section and f"`{WORKFLOW}`" in section
+    first_limit = text.split("## Known limits")[1].split("\n- ")[1]
+    assert "LayerFusion Layers" in first_limit and "0.3.75 has none" in first_limit
