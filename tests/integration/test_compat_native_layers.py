@@ -160,13 +160,18 @@ def test_a_set_index_past_the_sets_is_refused_by_name():
 
 
 # ---- the node on this host and on one with io.Layers ---------------------------------------------
-def test_the_node_loads_on_a_host_without_the_layer_nodes_with_the_layers_type_by_name():
+def test_the_node_loads_on_this_host_with_the_layers_type_by_name():
+    """On 0.3.75 (no io.Layers) the LAYERS output is a custom type of that name; the schema passes
+    the host's own validation (as when the pack loads) and the extension lists the node."""
     from comfy_api.latest import io
 
-    info = LayerFusionLayers.GET_NODE_INFO_V1()
-    assert info["output"] == ["LAYERS", "IMAGE"]
-    if not hasattr(io, "Layers"):  # 0.3.75: a custom type of the same name
-        assert "Layers" not in dir(io)
+    from layerfusion.nodes import LayerFusionExtension
+
+    assert LayerFusionLayers in asyncio.run(LayerFusionExtension().get_node_list())
+    schema = LayerFusionLayers.GET_SCHEMA()
+    assert [output.io_type for output in schema.outputs] == ["LAYERS", "IMAGE"]
+    assert LayerFusionLayers.GET_NODE_INFO_V1()["output"] == ["LAYERS", "IMAGE"]
+    assert hasattr(io, "Layers") or type(schema.outputs[0]).Parent.__name__ == "CustomComfyType"
 
 
 def test_the_node_takes_io_layers_where_the_host_defines_it(monkeypatch):
