@@ -1,17 +1,24 @@
-"""`make bench`: LayerFusion's speed and memory, as ratios, against the limit and the peers.
+"""`make bench`: LayerFusion's speed and memory on the CPU, as ratios, against the limit and the peers.
 
-Each case runs in a process of its own (so each process peak is its own), on the SDXL
-architecture at full width and depth with random weights ("sdxl", a small latent and few steps)
-and on the tiny model. Prints a table, writes bench/results.json, and puts the table into the
-README between its bench markers.
+The cases and the table (targets included) are `layerfusion_dev.bench_cases`', shared with
+`make bench-gpu`. Measured here: each case in a process of its own (so each process peak is its
+own), its peak RSS (sampled every 20 ms) and the peak of its live tensor allocations; the step
+times of the limit, LayerFusion and the LoRA merged into the weights in one more process
+(``in_turns``), timed in turns so the drift of a shared machine falls on all of them alike. The
+sampling cases run on the SDXL architecture at full width and depth with random weights ("sdxl",
+a small latent and few steps) and on the tiny model ("depth1"). Prints the table, writes
+results.json into --out (bench/) and puts the table into the README between its bench markers:
 
-    .venv/bin/python -m layerfusion_dev.bench            # both architectures
-    .venv/bin/python -m layerfusion_dev.bench --arch tiny
+    .venv/bin/python -m layerfusion_dev.bench                          # everything (about 20 minutes)
+    .venv/bin/python -m layerfusion_dev.bench --again sdxl:in_turns    # measure cases again into bench/results.json
+    .venv/bin/python -m layerfusion_dev.bench --arch depth1 --cases in_turns prior --latent 8 --steps 1 \\
+        --repeats 1 --rank 4 --decode-size 64 --prior-tokens 256 --out /tmp/smoke --no-readme   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -21,13 +28,20 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from layerfusion_dev import bench_cases
+from layerfusion_dev.bench_cases import Size
+from layerfusion_dev.paths import REPO
 
-SETTINGS = {  # arch -> (latent side, steps, LoRA rank, timed repeats: the fastest counts)
-    "sdxl": (16, 3, 256, 3),
-    "depth1": (32, 6, 8, 5),
+DEFAULTS = {
+    "sdxl": Size(arch="sdxl", latent=16, steps=3, repeats=3, rank=256, decode_size=128, prior_tokens=4096),
+    "depth1": Size(arch="depth1", latent=32, steps=6, repeats=5, rank=8, decode_size=128, prior_tokens=4096),
 }
-CASES = ("limit", "fusion", "time_pair", "fusion_prior_pass", "merged", "sequential", "decode_batched", "decode_loop", "decode_off", "prior_memory")
+SHARED_SIZE = "depth1"  # the decode and prior cases use no UNet: they take this arch's size
+LABELS = {"sdxl": "SDXL arch", "depth1": "tiny"}
+ARCH_CASES = ("in_turns", *bench_cases.SAMPLING_CASES)
+SHARED_CASES = (*bench_cases.DECODE_CASES, bench_cases.PRIOR_CASE)
+MEMORY = "tensor peak"  # what tensor_peak is here: the peak of live tensor allocations (AllocationTracker)
+README_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 
 
 # ---- one case, in its own process -----------------------------------------------------------
@@ -58,209 +72,151 @@ class RssSampler:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def _conds(width_ctx: int, width_pooled: int, rows: int, seed: int) -> list:
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(rows, 77, width_ctx, generator=gen), {"pooled_output": torch.randn(rows, width_pooled, generator=gen),
-                                                                  "layerfusion_eos": 5}]]
+def _seconds(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
-def run_case(case: str, arch: str) -> dict:
-    import torch
-
+def _measure(parts: list, repeats: int, timed: bool = True) -> dict:
+    """A case of ``parts`` (each prepares itself, untimed, and returns the call to measure), after a
+    warm-up: the fastest of ``repeats`` sums (one, untimed, when not ``timed``) under the RSS
+    sampler, then one more round under the allocation tracker (its largest part's peak)."""
     from layerfusion_dev.alloc_tracker import AllocationTracker
+
+    for prepare in parts:
+        prepare()()
+    with RssSampler() as rss:
+        seconds = min(sum(_seconds(prepare()) for prepare in parts) for _ in range(repeats if timed else 1))
+    tensor_peak = 0
+    for prepare in parts:
+        call = prepare()
+        with AllocationTracker() as tracker:
+            call()
+        tensor_peak = max(tensor_peak, tracker.peak)
+    return ({"seconds": seconds} if timed else {}) | {"rss_peak": rss.peak, "tensor_peak": tensor_peak}
+
+
+def run_case(case: str, size: Size) -> dict:
+    import torch
+
     from layerfusion_dev.host import import_comfy
 
-    import_comfy()
-    import comfy.sample
-
-    from layerfusion_dev.pack import import_pack
-
-    import_pack()
-    from layerfusion.layerfusion_core.fusion import priors
-    from layerfusion.layerfusion_core.fusion.settings import FusionSettings, PriorMode
-    from layerfusion.layerfusion_core.layout.rows import Branch
-    from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora
-    from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
-    from layerfusion.layerfusion_core.patching.layerdiffuse_conditional import layerdiffuse_conditional
-    from layerfusion.layerfusion_core.patching.layerfusion import apply_layerfusion
-    from layerfusion.layerfusion_core.transparency import codec
-    from layerfusion.layerfusion_core.transparency.networks import SIZE_MULTIPLE, TransparentDecoder
-    from layerfusion.layerfusion_core.weights import lora_files
-    from layerfusion_dev.testnodes import standins, tiny_sdxl
-
+    import_comfy(cpu=True)
     torch.manual_seed(0)
-    if case == "prior_memory":  # SDXL's last block at 1024x1024: 64x64 tokens, 10 heads
-        heads, tokens = 10, 4096
-        q, k = torch.randn(1, tokens, heads * 64), torch.randn(1, tokens, heads * 64)
+    cpu = torch.device("cpu")
+    if case == bench_cases.PRIOR_CASE:  # its own peak only: it allocates little else
+        from layerfusion_dev.alloc_tracker import AllocationTracker
+
+        prior, full_matrix = bench_cases.prior_case(size.prior_tokens, cpu, torch.float32)
         with AllocationTracker() as tracker:
-            started = time.perf_counter()
-            priors.structure_prior(q, k, heads)
-        return {"seconds": time.perf_counter() - started, "tensor_peak": tracker.peak, "largest": tracker.largest,
-                "full_matrix": heads * tokens * tokens * 4}
-    if case.startswith("decode"):
-        decoder = TransparentDecoder().eval()
-        decoder.load_state_dict({k: v.float() for k, v in standins.exact_standin(standins.DECODER_FILE).items()})
-        pixels, latent = torch.rand(1, 3, 128, 128), torch.randn(1, 4, 16, 16)
-        variants = codec.IDENTITY if case == "decode_off" else codec.AUGMENTATIONS
-        sub_batch = 1 if case == "decode_loop" else 8
-        timings = []
-        with torch.inference_mode(), RssSampler() as rss:
-            for _ in range(3):
-                started = time.perf_counter()
-                codec.decode_rgba(decoder, pixels, latent, size_multiple=SIZE_MULTIPLE, augmentations=variants, sub_batch=sub_batch)
-                timings.append(time.perf_counter() - started)
-        return {"seconds": min(timings), "rss_peak": rss.peak}
-
-    side, steps, rank, repeats = SETTINGS[arch]
-    config = tiny_sdxl.unet_config(arch)
-    unet = tiny_sdxl.build_unet(arch, seed=0)
-    shapes = standins.unet_shapes(unet)
-    lora = lora_files.load_frozen("layer_xl_transparent_attn.safetensors", standins.attn_lora_standin(shapes, rank=rank), shapes)
-    ctx, pooled = config["context_dim"], config["adm_in_channels"] - tiny_sdxl.SIZE_EMBEDDINGS
-
-    def sample(model, rows: int, positive, negative) -> float:
-        noise = torch.randn(rows, 4, side, side, generator=torch.Generator().manual_seed(1))
-        started = time.perf_counter()
-        comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", positive, negative, torch.zeros_like(noise),
-                            seed=0, disable_pbar=True)
-        return time.perf_counter() - started
-
-    pos, neg = _conds(ctx, pooled, 3, 2), _conds(ctx, pooled, 3, 3)
-    if case == "sequential":
-        one_pos, one_neg = _conds(ctx, pooled, 1, 2), _conds(ctx, pooled, 1, 3)
-        fg = apply_branch_lora(unet, lora, Branch.FG, 1.0)
-        runs = [(fg, one_pos, one_neg)]
-        for conditions in (1, 2):
-            tensors = standins.conditional_standin(shapes, conditions, rank=rank)
-            cond_lora = lora_files.load_frozen("cond.safetensors", tensors, shapes, allow_widened_input=True)
-            latents = [torch.randn(1, 4, side, side) for _ in range(conditions)]
-            runs.append(layerdiffuse_conditional(unet, one_pos, one_neg, latents, cond_lora, 1.0, 1.0))
-        for model, p, n in runs:  # warm-up
-            sample(model, 1, p, n)
-        with RssSampler() as rss:
-            seconds = min(sum(sample(model, 1, p, n) for model, p, n in runs) for _ in range(repeats))
-        return {"seconds": seconds, "rss_peak": rss.peak, "steps": 3 * steps}
-
-    if case == "time_pair":  # the limit and LayerFusion timed in turns in one process: drift of a shared machine cancels
-        limit = apply_branch_lora(enable_layered_batch(unet), lora, Branch.FG, 1.0)
-        fusion = apply_layerfusion(limit, FusionSettings(prior_mode=PriorMode.IN_RUN, prior_at=1.0))
-        models = {"limit": limit, "fusion": fusion}
-        for model in models.values():  # warm-up
-            sample(model, 3, pos, neg)
-        timings = {name: [] for name in models}
-        for _ in range(repeats):
-            for name, model in models.items():
-                timings[name].append(sample(model, 3, pos, neg))
-        return {name: {"seconds": min(t), "all": t} for name, t in timings.items()} | {"steps": steps}
-
-    model = enable_layered_batch(unet)
-    if case == "merged":
-        import comfy.weight_adapter
-
-        model = unet.clone()
-        model.add_patches({f"{p}.weight": comfy.weight_adapter.LoRAAdapter(set(), (f.up, f.down, None, None, None, None))
-                           for p, f in lora.low_rank.items()}, 1.0)
-    else:
-        model = apply_branch_lora(model, lora, Branch.FG, 1.0)
-    if case == "fusion":
-        model = apply_layerfusion(model, FusionSettings(prior_mode=PriorMode.IN_RUN, prior_at=1.0))
-    elif case == "fusion_prior_pass":
-        model = apply_layerfusion(model, FusionSettings())
-    sample(model, 3, pos, neg)  # warm-up (loads, first-call costs)
-    with RssSampler() as rss:
-        seconds = min(sample(model, 3, pos, neg) for _ in range(repeats))
-    with AllocationTracker() as tracker:
-        sample(model, 3, pos, neg)
-    return {"seconds": seconds, "rss_peak": rss.peak, "tensor_peak": tracker.peak, "steps": steps}
+            seconds = _seconds(prior)
+        return {"seconds": seconds, "tensor_peak": tracker.peak, "largest": tracker.largest, "full_matrix": full_matrix}
+    if case in bench_cases.DECODE_CASES:
+        decode = bench_cases.Decoding(size.decode_size, cpu, torch.float32).decoding(case)
+        return _measure([lambda: decode], size.repeats)
+    sampling = bench_cases.Sampling(size)
+    if case == "in_turns":
+        runs = {name: sampling.runs(name)[0] for name in bench_cases.IN_TURNS}
+        for run in runs.values():  # warm-up
+            _seconds(sampling.sampler(run, steps=1))
+        timings: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(size.repeats):
+            for name, run in runs.items():
+                timings[name].append(_seconds(sampling.sampler(run)))  # the model is loaded before the clock starts
+        return {name: {"seconds": min(t), "all": t} for name, t in timings.items()} | {"steps": size.steps}
+    runs = sampling.runs(case)
+    parts = [lambda run=run: sampling.sampler(run) for run in runs]  # loading (weight patching) before the clock starts
+    return _measure(parts, size.repeats, timed=case not in bench_cases.IN_TURNS) | {"steps": size.steps * len(runs)}
 
 
 # ---- the table --------------------------------------------------------------------------------
-def run_in_subprocess(case: str, arch: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--case", case, "--arch", arch], capture_output=True, text=True, timeout=3600)
+def run_in_subprocess(case: str, size: Size) -> dict:
+    command = [sys.executable, "-m", "layerfusion_dev.bench", "--case", case, "--arch", size.arch, *bench_cases.size_arguments(size)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=REPO)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise SystemExit(f"bench case {case} ({arch}) failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        raise SystemExit(f"bench case {case} ({size.arch}) failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return json.loads(lines[-1])
 
 
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+def arch_cases(measured: dict[str, dict]) -> dict[str, dict]:
+    """One arch's cases as the table reads them: the per-process measures, with the step times
+    taken from ``in_turns``."""
+    cases = {case: dict(values) for case, values in measured.items() if case != "in_turns"}
+    for case, values in measured.get("in_turns", {}).items():
+        if isinstance(values, dict):
+            cases.setdefault(case, {})["seconds"] = values["seconds"]
+    return cases
 
 
 def table(results: dict) -> list[tuple[str, str, str, str]]:
+    sizes = {name: Size(**size) for name, size in results["sizes"].items()}
     rows = []
-    for arch, r in results["arch"].items():
-        label = "SDXL arch" if arch == "sdxl" else "tiny"
-        paired = {"fusion": r["time_pair"]["fusion"], "limit": r["time_pair"]["limit"]}
-        for name, num, den, target in (
-            ("LayerFusion step time / limit (3 streams, FG LoRA, no blend; timed in turns)", ("fusion", "seconds"), ("limit", "seconds"), 1.10),
-            ("LayerFusion peak RSS / limit", ("fusion", "rss_peak"), ("limit", "rss_peak"), 1.05),
-            ("LayerFusion tensor peak / limit", ("fusion", "tensor_peak"), ("limit", "tensor_peak"), 1.05),
-            ("run-time FG LoRA step time / LoRA merged into the weights (all rows)", ("limit", "seconds"), ("merged", "seconds"), None),
-            ("run-time FG LoRA peak RSS / LoRA merged into the weights (all rows)", ("limit", "rss_peak"), ("merged", "rss_peak"), None),
-            ("one LayerFusion run (prior pass) / sequential route, time", ("fusion_prior_pass", "seconds"), ("sequential", "seconds"), None),
-            ("one LayerFusion run (prior pass) / sequential route, peak RSS", ("fusion_prior_pass", "rss_peak"), ("sequential", "rss_peak"), None),
-        ):
-            time_target = target is not None and num[1] == "seconds"
-            source = paired if time_target else r
-            value = ratio(source[num[0]][num[1]], source[den[0]][den[1]])
-            ok = "" if target is None else ("yes" if value <= target else "NO")
-            rows.append((f"{label}: {name}", f"{value:.3f}", "" if target is None else f"<= {target:.2f}", ok))
-    d = results["decode"]
-    rows.append(("transparent decode, 8 passes batched / one by one", f"{ratio(d['decode_batched']['seconds'], d['decode_loop']['seconds']):.3f}", "< 1", ""))
-    rows.append(("transparent decode, augmentation off / on (batched)", f"{ratio(d['decode_off']['seconds'], d['decode_batched']['seconds']):.3f}", "", ""))
-    p = results["prior"]
-    rows.append(("structure prior at 64x64 tokens, 10 heads: tensor peak (MB) vs one heads x M x M (MB)",
-                 f"{p['tensor_peak'] / 2**20:.0f} vs {p['full_matrix'] / 2**20:.0f}", "< full", "yes" if p["tensor_peak"] < p["full_matrix"] else "NO"))
-    return rows
+    for arch, measured in results["arch"].items():
+        rows += bench_cases.table(arch_cases(measured), "cpu", sizes[arch], MEMORY, f"{LABELS.get(arch, arch)}: ")
+    return rows + bench_cases.table(results["shared"], "cpu", sizes["shared"], MEMORY)
 
 
-def markdown(rows, machine: str) -> str:
-    out = [f"Measured {time.strftime('%Y-%m-%d')} on {machine}.", "", "| measure | value | target | met |", "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(out)
+def markdown(results: dict) -> str:
+    sizes = "; ".join(f"{LABELS.get(arch, arch)}: {results['sizes'][arch]['latent']}x{results['sizes'][arch]['latent']} latent, "
+                      f"{results['sizes'][arch]['steps']} steps" for arch in results["arch"])
+    return bench_cases.markdown(f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']} ({sizes}).", table(results))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["sdxl", "depth1", "both"], default="both")
-    parser.add_argument("--case", choices=CASES)
-    parser.add_argument("--again", nargs="*", metavar="ARCH:CASE",
-                        help="measure only these cases again (e.g. sdxl:limit sdxl:fusion) into bench/results.json")
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(run_case(args.case, "depth1" if args.arch == "both" else args.arch)))
-        return 0
-    arches = ["sdxl", "depth1"] if args.arch == "both" else [args.arch]
-    results = {"arch": {}, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, CPU only"}
-    if args.again:
-        results = json.loads((REPO / "bench" / "results.json").read_text())
-        for item in args.again:
-            arch, case = item.split(":")
-            print(f"[bench] {arch}: {case} (again)", file=sys.stderr)
-            results["arch"][arch][case] = run_in_subprocess(case, arch)
-        arches = []
-    for arch in arches:
-        results["arch"][arch] = {}
-        for case in ("limit", "fusion", "time_pair", "fusion_prior_pass", "merged", "sequential"):
-            print(f"[bench] {arch}: {case}", file=sys.stderr)
-            results["arch"][arch][case] = run_in_subprocess(case, arch)
-    if not args.again:
-        results["decode"] = {case: run_in_subprocess(case, "depth1") for case in ("decode_batched", "decode_loop", "decode_off")}
-        results["prior"] = run_in_subprocess("prior_memory", "depth1")
-    rows = table(results)
-    text = markdown(rows, results["machine"])
-    print(text)
-    (REPO / "bench").mkdir(exist_ok=True)
-    (REPO / "bench" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+def write_readme(text: str) -> None:
     readme = REPO / "README.md"
     content = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = README_MARKERS
     if start in content and end in content:
         head, rest = content.split(start, 1)
         readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=[*DEFAULTS, "both"], default="both", help="the UNet(s) of the sampling cases")
+    parser.add_argument("--cases", nargs="+", choices=ARCH_CASES + SHARED_CASES, help="only these cases (default: all)")
+    parser.add_argument("--again", nargs="+", metavar="ARCH:CASE",
+                        help="measure only these cases again into the results.json in --out (e.g. sdxl:in_turns; "
+                             "the decode and prior cases take no arch: any:prior)")
+    bench_cases.add_size_arguments(parser, *DEFAULTS.values())
+    parser.add_argument("--out", type=Path, default=REPO / "bench", help="folder for results.json (default: bench/)")
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md's table as it is")
+    parser.add_argument("--case", choices=ARCH_CASES + SHARED_CASES, help=argparse.SUPPRESS)  # one case, in this process
+    args = parser.parse_args(argv)
+    arches = list(DEFAULTS) if args.arch == "both" else [args.arch]
+    sizes = {arch: bench_cases.size_from_args(args, DEFAULTS[arch]) for arch in DEFAULTS}
+    if args.case:
+        print(json.dumps(run_case(args.case, sizes[arches[0] if args.case in ARCH_CASES else SHARED_SIZE])))
+        return 0
+    if args.again:
+        plan = [(*item.split(":", 1), "")[:2] for item in args.again]
+        if bad := [item for (arch, case), item in zip(plan, args.again) if case not in SHARED_CASES + (ARCH_CASES if arch in DEFAULTS else ())]:
+            parser.error(f"--again takes ARCH:CASE, ARCH one of {list(DEFAULTS)}, CASE one of {list(ARCH_CASES + SHARED_CASES)}: not {bad}")
+        saved = args.out / "results.json"
+        results = json.loads(saved.read_text()) if saved.is_file() else {}
+        if "sizes" not in results:
+            raise SystemExit(f"{saved}: no results of this bench to measure again into; measure everything first (make bench)")
+    else:
+        results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, CPU only",
+                   "sizes": {}, "arch": {arch: {} for arch in arches}, "shared": {}}
+        chosen = args.cases or ARCH_CASES + SHARED_CASES
+        plan = [(arch, case) for arch in arches for case in ARCH_CASES if case in chosen]
+        plan += [(SHARED_SIZE, case) for case in SHARED_CASES if case in chosen]
+    for arch, case in plan:
+        print(f"[bench] {arch}: {case}", file=sys.stderr, flush=True)
+        shared = case in SHARED_CASES
+        size = sizes[SHARED_SIZE if shared else arch]
+        results["sizes"]["shared" if shared else arch] = dataclasses.asdict(size)
+        (results["shared"] if shared else results["arch"].setdefault(arch, {}))[case] = run_in_subprocess(case, size)
+    results["sizes"].setdefault("shared", dataclasses.asdict(sizes[SHARED_SIZE]))
+    text = markdown(results)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if not args.no_readme:
+        write_readme(text)
     return 0
 
 
