@@ -59,29 +59,42 @@ def document_canvas(doc: Any) -> tuple[int, int] | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
+def _positive(value: Any, default: int) -> int:
+    """A size the item gives (a positive number), else ``default``."""
+    size = _int(value, 0)
+    return size if size > 0 else default
+
+
+def _mask_row(mask: Any, index: int) -> torch.Tensor | None:
+    """The mask for image ``index`` of an item: a one-row mask serves every image, a missing row none."""
+    if not isinstance(mask, torch.Tensor) or (mask.shape[0] != 1 and index >= mask.shape[0]):
+        return None
+    return mask[:1] if mask.shape[0] == 1 else mask[index:index + 1]
+
+
+def _frame(item: dict, index: int) -> dict:
+    """Image ``index`` of ``item`` as one layer: its placement (the image's own size where the item
+    gives none), opacity, blend mode, visibility and flips, with the reader's defaults."""
+    image = item["image"]
+    rotation = item.get("rotation")
+    real_rotation = isinstance(rotation, (int, float)) and not isinstance(rotation, bool)
+    name = item.get("name")
+    return {
+        "tensor": image[index:index + 1], "mask": _mask_row(item.get("mask"), index),
+        "name": name if isinstance(name, str) else None,
+        "x": _int(item.get("x"), 0), "y": _int(item.get("y"), 0),
+        "w": _positive(item.get("w"), int(image.shape[2])), "h": _positive(item.get("h"), int(image.shape[1])),
+        "rotation": float(rotation) if real_rotation else 0.0,
+        "opacity": item.get("opacity", 1.0), "blend": item.get("blend_mode", "normal"), "visible": item.get("visible", True),
+        "flip_h": bool(item.get("flip_h", False)), "flip_v": bool(item.get("flip_v", False)),
+    }
+
+
 def expand_item_frames(items: list[dict]) -> list[dict]:
-    """One frame per image of each item's batch, in order; an item's mask of one row serves every frame."""
-    frames = []
-    for item in items:
-        image, mask = item["image"], item.get("mask")
-        rotation = item.get("rotation")
-        for index in range(image.shape[0]):
-            frame_mask = None
-            if isinstance(mask, torch.Tensor):
-                frame_mask = mask[:1] if mask.shape[0] == 1 else mask[index:index + 1] if index < mask.shape[0] else None
-            width, height = _int(item.get("w"), 0), _int(item.get("h"), 0)
-            frames.append({
-                "tensor": image[index:index + 1], "mask": frame_mask,
-                "name": item.get("name") if isinstance(item.get("name"), str) else None,
-                "x": _int(item.get("x"), 0), "y": _int(item.get("y"), 0),
-                "w": width if width > 0 else int(image.shape[2]), "h": height if height > 0 else int(image.shape[1]),
-                "rotation": float(rotation) if isinstance(rotation, (int, float)) and not isinstance(rotation, bool) else 0.0,
-                "opacity": item.get("opacity", 1.0), "blend": item.get("blend_mode", "normal"),
-                "visible": item.get("visible", True),
-                "flip_h": bool(item.get("flip_h", False)), "flip_v": bool(item.get("flip_v", False)),
-            })
+    """Every image of every item as a layer of its own, in order (a batch of B images: B layers)."""
+    frames = [_frame(item, index) for item in items for index in range(item["image"].shape[0])]
     if len(frames) > MAX_LAYERS:
-        raise ValueError(f"Compositor supports at most {MAX_LAYERS} layers, got {len(frames)}")
+        raise ValueError(f"a stack of {len(frames)} layers is more than the compositor's {MAX_LAYERS}")
     return frames
 
 
