@@ -80,6 +80,11 @@ def foreground_input() -> io.Image.Input:
     return io.Image.Input("foreground", tooltip="The transparent foreground: RGBA (LayerFusion Transparent Decode's RGBA).")
 
 
+def background_input() -> io.Image.Input:
+    return io.Image.Input("background", tooltip="The background layer (RGB or RGBA), the foreground's size. One image "
+                                                "is used for every set.")
+
+
 class LayerFusionSaveLayers(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -95,8 +100,7 @@ class LayerFusionSaveLayers(io.ComfyNode):
             ),
             inputs=[
                 foreground_input(),
-                io.Image.Input("background", tooltip="The background layer (RGB or RGBA), the foreground's size. One image "
-                                                     "is used for every set."),
+                background_input(),
                 io.Image.Input("composite", optional=True,
                                tooltip="The harmonised composite (the blend stream), saved as a hidden layer."),
                 io.Mask.Input("mask", optional=True, tooltip="A mask (e.g. LayerFusion Masks' soft mask), saved as a "

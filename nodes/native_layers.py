@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..layerfusion_core import native_layers
 from .common import CATEGORY, node_error
-from .layers import foreground_input, layered_set
+from .layers import background_input, foreground_input, layered_set
 from .previews import intermediate_output, temp_pngs
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ class LayerFusionLayers(io.ComfyNode):
             ),
             inputs=[
                 foreground_input(),
-                io.Image.Input("background", tooltip="The background layer (RGB or RGBA), the foreground's size. One image "
-                                                     "is used for every set."),
+                background_input(),
                 io.Image.Input("composite", optional=True,
                                tooltip="The harmonised composite (the blend stream): a hidden layer above the foreground, "
                                        "to compare with in the Layer Editor."),
