@@ -5,13 +5,20 @@ The layout comes from `layerfusion_dev/data/layerdiffuse_tensors.json` (a copy o
 names and shapes of the real downloads). Files whose shapes do not depend on the UNet (the
 transparent decoder and encoder) get exactly the real shapes; the attention LoRA keeps every real
 key whose target weight exists in the given UNet, with that weight's shape and a chosen rank.
+
+The real-size files (the SDXL and FLUX transparent decoders, ~200 MB each, seconds to draw) are
+drawn and written once per process (a test session): `cached_file` keeps each in a temporary
+folder of the process, and the writers below copy it where it is asked for.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +46,46 @@ def exact_standin(file_name: str, seed: int = 0, scale: float = 0.05) -> dict[st
     """Every tensor of ``file_name`` with its real shape (fp16, like the downloads)."""
     gen = torch.Generator().manual_seed(seed)
     return {name: _random(shape, gen, scale) for name, shape in sorted(layout()[file_name].items())}
+
+
+_CACHE: dict[str, Path] = {}
+
+
+@lru_cache(maxsize=1)
+def _cache_dir() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="layerfusion-standins-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def cached_file(key: str, make: Callable[[], dict[str, torch.Tensor]]) -> Path:
+    """The safetensors file of ``make()``'s tensors, written the first time ``key`` is asked for
+    in this process and kept (never to be written to: copy it) until the process ends."""
+    if key not in _CACHE:
+        from safetensors.torch import save_file
+
+        path = _cache_dir() / f"{len(_CACHE)}.safetensors"
+        save_file(make(), str(path))
+        _CACHE[key] = path
+    return _CACHE[key]
+
+
+def exact_standin_file(file_name: str, seed: int = 0) -> Path:
+    """`exact_standin(file_name, seed)` as a file, drawn once per process (read-only: copy it)."""
+    return cached_file(f"exact {file_name} {seed}", lambda: exact_standin(file_name, seed=seed))
+
+
+def load_exact_standin(file_name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The tensors of `exact_standin(file_name, seed)` (the same values), read from the file drawn
+    once per process: a fresh dict of fresh tensors each call."""
+    from safetensors.torch import load_file
+
+    return load_file(str(exact_standin_file(file_name, seed)))
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copyfile(source, target)
+    return target
 
 
 def attn_lora_standin(
@@ -82,21 +129,18 @@ def unet_shapes(model_patcher) -> dict[str, torch.Size]:
     return {f"diffusion_model.{k}": v.shape for k, v in model_patcher.model.diffusion_model.state_dict().items()}
 
 
-def write_standins(layer_model_dir: Path, shapes: Mapping[str, torch.Size], rank: int = 8, seed: int = 0) -> dict[str, Path]:
-    """Write the attention LoRA, decoder and encoder stand-ins into ``layer_model_dir``."""
+def write_standins(layer_model_dir: Path, shapes: Mapping[str, torch.Size], rank: int = 8, seed: int = 0,
+                   decoder: bool = True) -> dict[str, Path]:
+    """Write the attention LoRA, decoder and encoder stand-ins into ``layer_model_dir`` (the
+    ~200 MB decoder only with ``decoder``: for what decodes or lists it)."""
     from safetensors.torch import save_file
 
     layer_model_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        ATTN_FILE: attn_lora_standin(shapes, rank=rank, seed=seed),
-        DECODER_FILE: exact_standin(DECODER_FILE, seed=seed + 1),
-        ENCODER_FILE: exact_standin(ENCODER_FILE, seed=seed + 2),
-    }
-    paths = {}
-    for name, tensors in files.items():
-        path = layer_model_dir / name
-        save_file(tensors, str(path))
-        paths[name] = path
+    paths = {ATTN_FILE: layer_model_dir / ATTN_FILE}
+    save_file(attn_lora_standin(shapes, rank=rank, seed=seed), str(paths[ATTN_FILE]))
+    if decoder:
+        paths[DECODER_FILE] = _copy(exact_standin_file(DECODER_FILE, seed + 1), layer_model_dir / DECODER_FILE)
+    paths[ENCODER_FILE] = _copy(exact_standin_file(ENCODER_FILE, seed + 2), layer_model_dir / ENCODER_FILE)
     return paths
 
 
@@ -154,13 +198,21 @@ def flux_pth_standin(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def write_flux_standins(layer_model_dir: Path, seed: int = 0) -> dict[str, Path]:
     """The two converted FLUX files (as scripts/convert_flux_transparent_vae.py writes them) in ``layer_model_dir``."""
-    from safetensors.torch import save_file
-
     layer_model_dir.mkdir(parents=True, exist_ok=True)
-    paths = {FLUX_DECODER_FILE: layer_model_dir / FLUX_DECODER_FILE, FLUX_ENCODER_FILE: layer_model_dir / FLUX_ENCODER_FILE}
-    save_file(flux_part_standin("decoder.", seed), str(paths[FLUX_DECODER_FILE]))
-    save_file(flux_part_standin("encoder.", seed + 1), str(paths[FLUX_ENCODER_FILE]))
-    return paths
+    sources = {FLUX_DECODER_FILE: flux_part_file("decoder.", seed), FLUX_ENCODER_FILE: flux_part_file("encoder.", seed + 1)}
+    return {name: _copy(source, layer_model_dir / name) for name, source in sources.items()}
+
+
+def flux_part_file(prefix: str, seed: int = 0) -> Path:
+    """`flux_part_standin(prefix, seed)` (fp16) as a file, drawn once per process (read-only: copy it)."""
+    return cached_file(f"flux {prefix} {seed}", lambda: flux_part_standin(prefix, seed))
+
+
+def load_flux_part_standin(prefix: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The tensors of `flux_part_standin(prefix, seed)` (fp16), read from the file drawn once per process."""
+    from safetensors.torch import load_file
+
+    return load_file(str(flux_part_file(prefix, seed)))
 
 
 def flux_lora_standin(model_patcher, rank: int = 4, seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:

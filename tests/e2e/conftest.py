@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from safetensors.torch import save_file
 
@@ -11,22 +14,32 @@ STYLE_LORA = "your_style_lora.safetensors"  # the user's own LoRA in the style-o
 FLUX_LORA = "layerlora.safetensors"  # LayerDiffuse's FLUX LoRA (a stand-in fitting the tiny FLUX model)
 
 
-def pack_server(extra_args=()):
-    """A real ComfyUI server for the tier-3 tests (not started): the pack, the test nodes, and random
-    LayerDiffuse-format stand-ins (fitting the depth-1 tiny model) in its models/layer_model, plus
-    the converted FLUX decoder/encoder stand-ins and a FLUX LoRA stand-in (fitting the tiny FLUX model)."""
+@pytest.fixture(scope="session")
+def standin_models(tmp_path_factory) -> Path:
+    """The tier-3 servers' models folder, written once per session (each server gets a copy):
+    random LayerDiffuse-format stand-ins (fitting the depth-1 tiny model) in layer_model, plus the
+    converted FLUX decoder/encoder stand-ins, and in loras an ordinary LoRA and a FLUX LoRA
+    stand-in (fitting the tiny FLUX model)."""
     import_comfy()
     from layerfusion_dev.testnodes import standins, tiny_flux, tiny_sdxl
 
+    models = tmp_path_factory.mktemp("standin_models")
+    unet = tiny_sdxl.build_unet("depth1", 0)
+    standins.write_standins(models / "layer_model", standins.unet_shapes(unet))
+    standins.write_conditional_standins(models / "layer_model", standins.unet_shapes(unet))
+    standins.write_flux_standins(models / "layer_model")
+    (models / "loras").mkdir(parents=True, exist_ok=True)
+    save_file(standins.kohya_lora_standin(unet), str(models / "loras" / STYLE_LORA))
+    save_file(standins.flux_lora_standin(tiny_flux.build_model(0)), str(models / "loras" / FLUX_LORA))
+    return models
+
+
+def pack_server(standin_models: Path, extra_args=()) -> ComfyServer:
+    """A real ComfyUI server for the tier-3 tests (not started): the pack, the test nodes, and a
+    copy of the session's stand-in models folder (`standin_models`) as its models folder."""
     srv = ComfyServer(test_nodes=True, extra_args=extra_args)
     try:
-        unet = tiny_sdxl.build_unet("depth1", 0)
-        standins.write_standins(srv.models_dir / "layer_model", standins.unet_shapes(unet))
-        standins.write_conditional_standins(srv.models_dir / "layer_model", standins.unet_shapes(unet))
-        (srv.models_dir / "loras").mkdir(parents=True, exist_ok=True)
-        save_file(standins.kohya_lora_standin(unet), str(srv.models_dir / "loras" / STYLE_LORA))
-        standins.write_flux_standins(srv.models_dir / "layer_model")
-        save_file(standins.flux_lora_standin(tiny_flux.build_model(0)), str(srv.models_dir / "loras" / FLUX_LORA))
+        shutil.copytree(standin_models, srv.models_dir, dirs_exist_ok=True)
     except BaseException:
         srv.cleanup()
         raise
@@ -34,9 +47,9 @@ def pack_server(extra_args=()):
 
 
 @pytest.fixture(scope="session")
-def server():
+def server(standin_models):
     """One real ComfyUI server for the tier-3 tests, with the host's own frontend."""
-    srv = pack_server()
+    srv = pack_server(standin_models)
     try:
         srv.start()
         yield srv
@@ -45,9 +58,9 @@ def server():
 
 
 @pytest.fixture(scope="session")
-def current_frontend_server():
+def current_frontend_server(standin_models):
     """The same server with the frontend current ComfyUI ships (--front-end-root)."""
-    srv = pack_server(current_frontend_args())
+    srv = pack_server(standin_models, current_frontend_args())
     try:
         srv.start()
         yield srv

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from layerfusion_dev.comfy_server import ComfyServer, ServerError, execution_error
-from layerfusion_dev.host import import_comfy
-from layerfusion_dev.testnodes import standins
 from layerfusion_dev.workflows import load_api, on_tiny_model
 
 SIZE, STEPS = 64, 2
@@ -191,16 +190,12 @@ def settled_rss_mb(srv: ComfyServer, samples: int = 5) -> float:
 
 # ---- the fresh server and its references --------------------------------------------------------
 @pytest.fixture(scope="module")
-def fresh():
-    """A second server with the same stand-in files as the session one, used by this module only."""
-    import_comfy()
-    from layerfusion_dev.testnodes import tiny_sdxl
-
+def fresh(standin_models):
+    """A second server with the same stand-in files as the session one (a copy of the session's
+    folder), used by this module only."""
     srv = ComfyServer(test_nodes=True)
     try:
-        shapes = standins.unet_shapes(tiny_sdxl.build_unet("depth1", 0))
-        standins.write_standins(srv.models_dir / "layer_model", shapes)
-        standins.write_conditional_standins(srv.models_dir / "layer_model", shapes)
+        shutil.copytree(standin_models, srv.models_dir, dirs_exist_ok=True)
         srv.start()
         yield srv
     finally:

@@ -82,7 +82,7 @@ def lazy_ops(monkeypatch):
 
 
 def test_decoder_layout_check_passes_with_lazily_built_linear_layers(tmp_path, lazy_ops, tiny):
-    state = standins.exact_standin(standins.DECODER_FILE, seed=3)
+    state = standins.load_exact_standin(standins.DECODER_FILE, seed=3)
     path = tmp_path / standins.DECODER_FILE
     save_file(state, str(path))
     module = loading._build(TransparentDecoder, str(path))
@@ -93,7 +93,7 @@ def test_decoder_layout_check_passes_with_lazily_built_linear_layers(tmp_path, l
 
 
 def test_decoder_layout_check_still_refuses_a_wrong_file_with_lazy_layers(tmp_path, lazy_ops, tiny):
-    state = standins.exact_standin(standins.DECODER_FILE, seed=3)
+    state = standins.load_exact_standin(standins.DECODER_FILE, seed=3)
     name = next(k for k in state if k.endswith("to_q.weight"))
     state[name] = torch.zeros(state[name].shape[0] + 1, state[name].shape[1], dtype=state[name].dtype)
     path = tmp_path / standins.DECODER_FILE

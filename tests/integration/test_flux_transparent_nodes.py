@@ -21,7 +21,7 @@ MARKED = {"sdxl_marked_decoder.safetensors": (SDXL, 0), "flux_marked_decoder.saf
 
 def marked_decoder(variant, channel: int) -> dict[str, torch.Tensor]:
     """A decoder file whose output is 0.9 in one channel and 0.1 in the others, whatever the input."""
-    state = standins.exact_standin(standins.DECODER_FILE, seed=1) if variant is SDXL else standins.flux_part_standin("decoder.", seed=0)
+    state = standins.load_exact_standin(standins.DECODER_FILE, seed=1) if variant is SDXL else standins.load_flux_part_standin("decoder.", seed=0)
     state["conv_out.weight"] = torch.zeros_like(state["conv_out.weight"])
     bias = torch.full((4,), 0.1)
     bias[channel] = 0.9

@@ -26,7 +26,7 @@ def layer_model(tmp_path_factory, tiny):
 @pytest.fixture(scope="module")
 def reference_decoder(layer_model):
     module = TransparentDecoder().eval()
-    module.load_state_dict(lora_free(standins.exact_standin(standins.DECODER_FILE, seed=1)))
+    module.load_state_dict(lora_free(standins.load_exact_standin(standins.DECODER_FILE, seed=1)))  # the folder's file
     return module
 
 
