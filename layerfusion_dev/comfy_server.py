@@ -81,6 +81,7 @@ class ComfyServer:
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
+        self._launched = 0.0
         self.client_id = uuid.uuid4().hex
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -125,6 +126,12 @@ class ComfyServer:
         ]
 
     def start(self) -> ComfyServer:
+        return self.launch().wait_ready()
+
+    def launch(self) -> ComfyServer:
+        """Start the process and return at once; `wait_ready` waits until it answers. What the
+        caller does in between (writing model files into its folders, say) overlaps ComfyUI's
+        start-up: ComfyUI lists model folders when asked, not at start-up."""
         if pack_inside_host(self.host):
             log.info("the pack sits in %s/custom_nodes; it is linked again into the test base directory", self.host)
         cmd = self.command()
@@ -134,7 +141,15 @@ class ComfyServer:
             self.process = subprocess.Popen(
                 cmd, cwd=self.host, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        deadline = time.monotonic() + self.startup_timeout
+        self._launched = time.monotonic()
+        return self
+
+    def wait_ready(self) -> ComfyServer:
+        """Wait for a launched server to answer; ServerError (the process stopped) when it exits,
+        does not answer within the start-up timeout, or a custom node pack failed to import."""
+        if self.process is None:
+            raise ServerError("the server was not launched")
+        deadline = self._launched + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"ComfyUI exited with code {self.process.returncode} during startup:\n{self.log_tail()}")
@@ -232,6 +247,7 @@ class ComfyServer:
     def wait(self, prompt_id: str, timeout: float = 600) -> dict[str, Any]:
         """The history entry of a finished prompt; ServerError when it failed or timed out."""
         deadline = time.monotonic() + timeout
+        delay = 0.01
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise ServerError(f"ComfyUI stopped while running prompt {prompt_id}:\n{self.log_tail()}")
@@ -241,7 +257,8 @@ class ComfyServer:
                 return entry
             if entry and entry.get("status", {}).get("status_str") == "error":
                 raise ServerError(f"prompt {prompt_id} failed: {execution_error(entry)}")
-            time.sleep(0.2)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)  # a prompt refused or served from the cache ends in milliseconds
         raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f}s:\n{self.log_tail()}")
 
     def run(self, graph: dict[str, Any], timeout: float = 600) -> dict[str, Any]:

@@ -34,12 +34,15 @@ def standin_models(tmp_path_factory) -> Path:
     return models
 
 
-def pack_server(standin_models: Path, extra_args=()) -> ComfyServer:
-    """A real ComfyUI server for the tier-3 tests (not started): the pack, the test nodes, and a
-    copy of the session's stand-in models folder (`standin_models`) as its models folder."""
+def pack_server(request, extra_args=()) -> ComfyServer:
+    """A real ComfyUI server for the tier-3 tests, started: the pack, the test nodes, and a copy of
+    the session's stand-in models folder (`standin_models`, written while ComfyUI starts up the
+    first time) as its models folder."""
     srv = ComfyServer(test_nodes=True, extra_args=extra_args)
     try:
-        shutil.copytree(standin_models, srv.models_dir, dirs_exist_ok=True)
+        srv.launch()
+        shutil.copytree(request.getfixturevalue("standin_models"), srv.models_dir, dirs_exist_ok=True)
+        srv.wait_ready()
     except BaseException:
         srv.cleanup()
         raise
@@ -47,22 +50,26 @@ def pack_server(standin_models: Path, extra_args=()) -> ComfyServer:
 
 
 @pytest.fixture(scope="session")
-def server(standin_models):
+def server(request):
     """One real ComfyUI server for the tier-3 tests, with the host's own frontend."""
-    srv = pack_server(standin_models)
+    srv = pack_server(request)
     try:
-        srv.start()
         yield srv
     finally:
         srv.cleanup()
 
 
 @pytest.fixture(scope="session")
-def current_frontend_server(standin_models):
+def current_frontend_server(request):
     """The same server with the frontend current ComfyUI ships (--front-end-root)."""
-    srv = pack_server(standin_models, current_frontend_args())
+    srv = pack_server(request, current_frontend_args())
     try:
-        srv.start()
         yield srv
     finally:
         srv.cleanup()
+
+
+@pytest.fixture(scope="session")
+def start_pack_server(request):
+    """Start another server like `server` (its own copy of the stand-ins); the caller cleans it up."""
+    return lambda extra_args=(): pack_server(request, extra_args)

@@ -54,16 +54,31 @@ def latent(server, outputs) -> torch.Tensor:
     return load_file(str(server.output_dir / entry["subfolder"] / entry["filename"]))["latent_tensor"]
 
 
-@pytest.mark.parametrize("kind", ["KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"])
-def test_blending_runs_with_every_sampler_node(server, kind):
-    on = latent(server, server.run(with_sampler(base_graph(True), kind)))
-    off = latent(server, server.run(with_sampler(base_graph(False), kind)))
+KINDS = ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced")
+
+
+@pytest.fixture(scope="module")
+def run_once(server):
+    """The latent of each (sampler node, blending on or off) graph, run once in the session server
+    whichever test asks first: the tests below check the same runs."""
+    runs: dict[tuple[str, bool], torch.Tensor] = {}
+
+    def get(kind: str, blend: bool) -> torch.Tensor:
+        if (kind, blend) not in runs:
+            runs[kind, blend] = latent(server, server.run(with_sampler(base_graph(blend), kind)))
+        return runs[kind, blend]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blending_runs_with_every_sampler_node(run_once, kind):
+    on, off = run_once(kind, True), run_once(kind, False)
     assert on.shape == off.shape == (3, 4, 8, 8)
     changed = [r for r in range(3) if (on[r] - off[r]).abs().max() > CHANGED]
     assert changed == [0, 1, 2]  # fg, bg and blend all take part (bg_from_bl)
 
 
-def test_the_three_sampler_nodes_agree(server):
-    results = [latent(server, server.run(with_sampler(base_graph(True), kind)))
-               for kind in ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced")]
+def test_the_three_sampler_nodes_agree(run_once):
+    results = [run_once(kind, True) for kind in KINDS]
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])

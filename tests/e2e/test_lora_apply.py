@@ -45,9 +45,14 @@ def test_lora_apply_is_listed_with_the_layer_model_files(server):
     assert (required["weight"][1]["min"], required["weight"][1]["max"], required["weight"][1]["default"]) == (-2.0, 3.0, 1.0)
 
 
+@pytest.fixture(scope="module")
+def plain(server) -> torch.Tensor:
+    """The unpatched graph's latent, run once for the three branches below."""
+    return latent_of(server, server.run(graph(None, prefix="plain")))
+
+
 @pytest.mark.parametrize("branch,rows", [("fg", [0]), ("bg", [1]), ("blend", [2])])
-def test_workflow_differs_from_unpatched_only_on_the_chosen_rows(server, branch, rows):
-    plain = latent_of(server, server.run(graph(None, prefix="plain")))
+def test_workflow_differs_from_unpatched_only_on_the_chosen_rows(server, plain, branch, rows):
     patched = latent_of(server, server.run(graph(branch, prefix=branch)))
     assert plain.shape == patched.shape == (3, 4, 8, 8)
     changed = [r for r in range(3) if (patched[r] - plain[r]).abs().max() > CHANGED]

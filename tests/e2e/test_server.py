@@ -93,6 +93,7 @@ def test_split_refuses_a_batch_that_is_not_three_streams(server):
         server.run(graph)
 
 
+@pytest.mark.slow  # a ComfyUI start of its own (the session server shows the pack imports, with the test nodes)
 def test_quick_test_for_ci_loads_the_pack(tmp_path):
     host = ComfyServer(test_nodes=False, base_dir=tmp_path)
     assert host.quick_test() == 0
@@ -101,6 +102,7 @@ def test_quick_test_for_ci_loads_the_pack(tmp_path):
     assert host.import_failures() == []
 
 
+@pytest.mark.slow  # a ComfyUI start of its own, and a check of the test harness rather than the pack
 def test_harness_fails_when_a_pack_fails_to_import(tmp_path):
     broken = tmp_path / "custom_nodes" / "broken_pack"
     broken.mkdir(parents=True)

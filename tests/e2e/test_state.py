@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,10 @@ from safetensors.torch import load_file
 
 from layerfusion_dev.comfy_server import ComfyServer, ServerError, execution_error
 from layerfusion_dev.workflows import load_api, on_tiny_model
+
+# The slow tier (make test-all): a second server of its own and some 30 prompts. The quick tier
+# checks state across runs in process (tests/integration: test_run_state, test_no_mutation, runs in a row).
+pytestmark = pytest.mark.slow
 
 SIZE, STEPS = 64, 2
 LONG_STEPS = 400  # the run that is interrupted: long enough to be caught while it samples
@@ -190,13 +193,11 @@ def settled_rss_mb(srv: ComfyServer, samples: int = 5) -> float:
 
 # ---- the fresh server and its references --------------------------------------------------------
 @pytest.fixture(scope="module")
-def fresh(standin_models):
+def fresh(start_pack_server):
     """A second server with the same stand-in files as the session one (a copy of the session's
     folder), used by this module only."""
-    srv = ComfyServer(test_nodes=True)
+    srv = start_pack_server()
     try:
-        shutil.copytree(standin_models, srv.models_dir, dirs_exist_ok=True)
-        srv.start()
         yield srv
     finally:
         srv.cleanup()

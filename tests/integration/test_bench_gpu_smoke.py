@@ -9,10 +9,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from layerfusion_dev.paths import REPO
 
 # one torch thread: on a busy machine two threads wait on each other (the depth1 sampling here ran 5-10x slower)
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+pytestmark = pytest.mark.slow  # the benchmark tool, not the pack: make test-all
 
 CASES = {"limit", "fusion", "merged", "fusion_prior_pass", "sequential", "decode_batched", "decode_loop", "decode_off", "prior"}
 

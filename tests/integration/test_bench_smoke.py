@@ -10,11 +10,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from layerfusion_dev.bench import README_MARKERS
 from layerfusion_dev.paths import REPO
 
 # one torch thread: on a busy machine two threads wait on each other (the depth1 sampling here ran 5-10x slower)
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+pytestmark = pytest.mark.slow  # the benchmark tool, not the pack: make test-all
 
 
 def _kept() -> tuple[str, str | None]:

@@ -52,10 +52,23 @@ FGBLE2BG = f"{PREFIX}fgble2bg.safetensors"
 
 
 # ---- exact descriptions of a patcher's state --------------------------------------------------
-def _digest(tensor: torch.Tensor) -> tuple:
+@dataclasses.dataclass(frozen=True)
+class TensorBytes:
+    """A tensor by its shape, dtype and bytes, compared exactly (a copy of the bytes: comparing
+    them is far quicker than hashing every weight of the model at each check); shown by a hash."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    raw: bytes = dataclasses.field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"tensor{self.shape} {self.dtype} {hashlib.blake2b(self.raw, digest_size=16).hexdigest()}"
+
+
+def _digest(tensor: torch.Tensor) -> TensorBytes:
     data = tensor.detach().cpu().contiguous()
     raw = data.view(torch.uint8) if data.numel() else data
-    return ("tensor", tuple(data.shape), str(data.dtype), hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest())
+    return TensorBytes(tuple(data.shape), str(data.dtype), raw.numpy().tobytes())
 
 
 def describe(value: Any, depth: int = 0) -> Any:

@@ -217,6 +217,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # three processes that import torch; the conversion itself is tested in process above
 def test_the_command_converts_and_fails_in_one_line(published, tmp_path):
     path, _ = published
     out = tmp_path / "models" / "layer_model"
