@@ -74,7 +74,7 @@ def test_the_decode_node_feeds_the_latent_unchanged_and_keeps_the_flux_order(lay
     images = flux_vae.decode(latent)
     rgba, rgb, mask = decode(latent, images, standins.FLUX_DECODER_FILE)
     reference = TransparentDecoder(variant=FLUX).eval()
-    reference.load_state_dict({k: v.float() for k, v in standins.flux_part_standin("decoder.", seed=0).items()}, strict=True)
+    reference.load_state_dict({k: v.float() for k, v in standins.load_flux_part_standin("decoder.", seed=0).items()}, strict=True)
     with torch.no_grad():
         direct = reference(images.movedim(-1, 1), latent).clamp(0, 1)  # the LATENT samples as they are
     assert torch.allclose(rgba.movedim(-1, 1), direct, atol=1e-5)  # R, G, B, A: no reordering for FLUX
@@ -99,7 +99,7 @@ def test_the_variant_is_read_from_the_tensors_not_the_name(layer_model, tmp_path
     assert load_managed(LatentOffsetEncoder, str(layer_model / standins.FLUX_ENCODER_FILE)).variant is FLUX
     assert load_managed(TransparentDecoder, str(layer_model / standins.DECODER_FILE)).variant is SDXL
     misnamed = tmp_path / "vae_transparent_decoder.safetensors"  # FLUX tensors under the SDXL name
-    save_file(standins.flux_part_standin("decoder.", seed=0), str(misnamed))
+    save_file(standins.load_flux_part_standin("decoder.", seed=0), str(misnamed))
     assert load_managed(TransparentDecoder, str(misnamed)).variant is FLUX
 
 
@@ -110,7 +110,7 @@ def test_the_variant_is_read_from_the_tensors_not_the_name(layer_model, tmp_path
     ("channels", r"latent_conv_in.weight has shape \[64, 8, 1, 1\]: 8 latent channels, known: 4 \(SDXL\), 16 \(FLUX\)"),
 ])
 def test_flux_files_load_strictly(tmp_path, change, message):
-    state = standins.flux_part_standin("decoder.", seed=0)
+    state = standins.load_flux_part_standin("decoder.", seed=0)
     if change == "missing":
         del state["conv_out.bias"]
     elif change == "extra":

@@ -59,7 +59,7 @@ def test_modules_of_each_variant_have_the_published_layout_and_are_detected_from
 
 
 def test_flux_decoder_and_encoder_load_strictly_and_refuse_a_wrong_layout():
-    decoder_state = standins.flux_part_standin("decoder.")
+    decoder_state = standins.load_flux_part_standin("decoder.")  # drawn once per session
     TransparentDecoder(variant=FLUX).load_state_dict(decoder_state, strict=True)
     LatentOffsetEncoder(variant=FLUX).load_state_dict(standins.flux_part_standin("encoder."), strict=True)
     with pytest.raises(RuntimeError, match="size mismatch for latent_conv_in.weight"):
