@@ -149,18 +149,18 @@ class ComfyServer:
         does not answer within the start-up timeout, or a custom node pack failed to import."""
         if self.process is None:
             raise ServerError("the server was not launched")
-        deadline = self._launched + self.startup_timeout
-        while time.monotonic() < deadline:
+        deadline = self._launched + self.startup_timeout  # a server launched long ago is still asked once
+        while True:
             if self.process.poll() is not None:
                 raise ServerError(f"ComfyUI exited with code {self.process.returncode} during startup:\n{self.log_tail()}")
             try:
                 self.get_json("/system_stats", timeout=2)
                 break
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServerError(f"ComfyUI did not answer within {self.startup_timeout:.0f}s:\n{self.log_tail()}") from None
                 time.sleep(0.25)
-        else:
-            self.stop()
-            raise ServerError(f"ComfyUI did not answer within {self.startup_timeout:.0f}s:\n{self.log_tail()}")
         failures = self.import_failures()
         if failures:
             self.stop()

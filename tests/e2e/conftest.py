@@ -34,13 +34,30 @@ def standin_models(tmp_path_factory) -> Path:
     return models
 
 
-def pack_server(request, extra_args=()) -> ComfyServer:
+_LAUNCHED: list[ComfyServer] = []  # the session server, launched as soon as the tests are chosen
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When tier-3 tests that use the session server are selected, its ComfyUI starts now, in the
+    background, while the quicker tiers run (they run first: tests/conftest.py)."""
+    if session.config.option.collectonly or not any("server" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    _LAUNCHED.append(ComfyServer(test_nodes=True).launch())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    while _LAUNCHED:  # launched but never used (the tests that would have were deselected or skipped)
+        _LAUNCHED.pop().cleanup()
+
+
+def pack_server(request, extra_args=(), prelaunched: bool = False) -> ComfyServer:
     """A real ComfyUI server for the tier-3 tests, started: the pack, the test nodes, and a copy of
     the session's stand-in models folder (`standin_models`, written while ComfyUI starts up the
-    first time) as its models folder."""
-    srv = ComfyServer(test_nodes=True, extra_args=extra_args)
+    first time) as its models folder. ``prelaunched``: the one launched after collection, if any."""
+    srv = _LAUNCHED.pop() if prelaunched and _LAUNCHED else ComfyServer(test_nodes=True, extra_args=extra_args)
     try:
-        srv.launch()
+        if srv.process is None:
+            srv.launch()
         shutil.copytree(request.getfixturevalue("standin_models"), srv.models_dir, dirs_exist_ok=True)
         srv.wait_ready()
     except BaseException:
@@ -52,7 +69,7 @@ def pack_server(request, extra_args=()) -> ComfyServer:
 @pytest.fixture(scope="session")
 def server(request):
     """One real ComfyUI server for the tier-3 tests, with the host's own frontend."""
-    srv = pack_server(request)
+    srv = pack_server(request, prelaunched=True)
     try:
         yield srv
     finally:

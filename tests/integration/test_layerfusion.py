@@ -68,8 +68,10 @@ def record(model):
     return fusion_patch(model).records.record
 
 
-@pytest.mark.parametrize("cfg", [1.0, 5.0])
-@pytest.mark.parametrize("mode", ["prior_pass", "in_run"])
+@pytest.mark.parametrize("mode,cfg", [
+    ("prior_pass", 5.0), ("in_run", 1.0),  # each mode and each cfg in the quick tier; the other pairs in the slow one
+    pytest.param("prior_pass", 1.0, marks=pytest.mark.slow), pytest.param("in_run", 5.0, marks=pytest.mark.slow),
+])
 def test_blending_off_equals_independent_runs(tiny, fg_lora_model, conds, cfg, mode):
     import comfy.sample
 
@@ -254,6 +256,7 @@ def test_masks_node_shows_what_the_run_used(tiny, conds):
         LayerFusionMasks.execute(model, {"samples": out}, "output 9 9", -1)
 
 
+@pytest.mark.slow  # counting every operation's FLOPs is slow; a cost guard, like the benchmark it stands for
 def test_a_layerfusion_step_costs_little_more_arithmetic_than_the_limit(fg_lora_model, conds):
     """The benchmark's step-time target, guarded without wall time: the floating-point work of a
     LayerFusion run (priors read and blended in every step) against the same three-stream batch

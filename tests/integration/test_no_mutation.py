@@ -272,7 +272,13 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# Cases that run a node of the pack already run by a quick case, in another branch, mode or input:
+# the slow tier (make test-all). The quick tier keeps one case of each node and kind of input.
+SWEEP = {"lora bg, layered batch", "lora blend, layered batch", "lora all, layered batch", "lora all at 0.5, plain model",
+         "lora fg again on a model with a fg lora", "layerfusion in_run bl_from_bg, plain model", "layerdiffuse fg2ble, plain model"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SWEEP else name for name in CASES])
 def test_the_input_model_is_unchanged_after_execute_and_after_sampling(built, pristine, fusion_conds, name):
     import comfy.model_management
 

@@ -143,6 +143,7 @@ def test_encode_adds_the_offset_to_the_posterior(tiny, layer_model, source):
     assert torch.allclose(mask, 1.0 - rgba[..., 3])
 
 
+@pytest.mark.slow  # the VAE at SDXL's own width and depth (83M parameters); the nodes' maths is checked on the tiny VAE above
 def test_encode_then_decode_a_sprite_through_the_real_sdxl_vae_architecture(layer_model):
     from layerfusion_dev.testnodes import tiny_sdxl
 
