@@ -1,9 +1,12 @@
 """`make demo`: run the shipped LayerFusion workflow end to end on a real, headless ComfyUI.
 
-With real weights (an SDXL checkpoint in a models folder given by --models or LAYERFUSION_MODELS,
-or in the host's own models/), it uses them. Without any, it says so in one line and runs the same
-graph on the tiny random-weight SDXL model, so that every node of the pipeline runs (its pictures
-are noise). Outputs are PNGs under ./output (or --output); their paths are printed.
+By default on the toy world (layerfusion_dev/toy_world: a tiny SDXL-architecture model trained on
+this machine on synthetic layered scenes, its files in the repository), so the pictures show real
+shapes: the foreground's RGBA, the background, the composite, the masks and the layered file (PSD and
+ORA). With real weights (``--checkpoint`` or ``--models``, or $LAYERFUSION_CHECKPOINT /
+$LAYERFUSION_MODELS: an SDXL checkpoint and LayerDiffuse's files in a ComfyUI models folder) it runs
+the same workflow on them; ``--tiny`` runs it on the random-weight test model. Outputs are PNGs
+(and the layered files) under ./output (or --output); their paths are printed.
 """
 
 from __future__ import annotations
@@ -11,15 +14,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from layerfusion_dev.comfy_server import ComfyServer, ServerError  # noqa: E402
 from layerfusion_dev.paths import REPO, comfyui_dir  # noqa: E402
-from layerfusion_dev.workflows import layer_model_files, load_api, on_tiny_model, output_paths, with_checkpoint  # noqa: E402
+from layerfusion_dev.testnodes.toy_models import CHECKPOINT as TOY_CHECKPOINT  # noqa: E402
+from layerfusion_dev.testnodes.toy_models import FG_LORA as TOY_LORA  # noqa: E402
+from layerfusion_dev.testnodes.toy_models import FILES as TOY_FILES  # noqa: E402
+from layerfusion_dev.workflows import layer_model_files, load_api, on_tiny_model, on_toy_model, output_paths, with_checkpoint  # noqa: E402
 
 WORKFLOW = "layerfusion"
+LAYERED_WORKFLOW = "layerfusion_layered_file"
+TOY_APPLY: dict = {}  # LayerFusion Apply inputs for the toy world (measured: layerfusion_dev/toy_world/measure.py)
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft")
 
 
@@ -56,25 +65,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=os.environ.get("LAYERFUSION_CHECKPOINT"),
                         help="SDXL checkpoint name in checkpoints/ (default: $LAYERFUSION_CHECKPOINT, else the first one)")
     parser.add_argument("--output", type=Path, default=REPO / "output", help="where the PNGs go (default ./output)")
-    parser.add_argument("--tiny", action="store_true", help="use the tiny random-weight model even when weights exist")
+    parser.add_argument("--tiny", action="store_true", help="use the tiny random-weight test model (its pictures are noise)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
 
     models_dirs = [p for p in (args.models, comfyui_dir() / "models") if p is not None]
-    checkpoint = None if args.tiny else find_checkpoint(models_dirs, args.checkpoint)
-    if args.checkpoint and not args.tiny and checkpoint is None:
+    wants_real = not args.tiny and (args.models is not None or args.checkpoint is not None)
+    checkpoint = find_checkpoint(models_dirs, args.checkpoint) if wants_real else None
+    if wants_real and checkpoint is None:
         searched = ", ".join(str(p / "checkpoints") for p in models_dirs)
-        print(f"demo: checkpoint {args.checkpoint!r} is not in {searched}", file=sys.stderr)
+        print(f"demo: no SDXL checkpoint {args.checkpoint or ''} in {searched}", file=sys.stderr)
         return 1
     graph = load_api(WORKFLOW)
+    graph["layers"] = load_api(LAYERED_WORKFLOW)["layers"]  # the layered file too (same node ids)
+    toy = not checkpoint and not args.tiny
     if checkpoint:
         print(f"demo: real weights, checkpoint {checkpoint}")
         graph = with_checkpoint(graph, checkpoint)
-    else:
-        searched = ", ".join(str(p / "checkpoints") for p in models_dirs)
-        print(f"demo: no SDXL checkpoint found ({searched}); running the same graph on the tiny random-weight model (its images are noise)")
+    elif args.tiny:
+        print("demo: the tiny random-weight model (its images are noise)")
         graph = on_tiny_model(graph)
+    else:
+        if not (TOY_FILES / TOY_CHECKPOINT).is_file():
+            print(f"demo: the toy world's files are missing in {TOY_FILES}: run `make toy-world`", file=sys.stderr)
+            return 1
+        print("demo: the toy world (a tiny SDXL-architecture model trained here); on real SDXL weights: "
+              "make demo DEMO_ARGS='--models <ComfyUI>/models --checkpoint <sdxl>.safetensors'")
+        graph = on_toy_model(graph, lora_name=TOY_LORA, apply=TOY_APPLY)
 
     needed = layer_model_files(graph)
     if checkpoint:
@@ -85,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    server = ComfyServer(test_nodes=not checkpoint, models_dirs=models_dirs, output_dir=args.output)
+    server = ComfyServer(test_nodes=not checkpoint, models_dirs=models_dirs if checkpoint else [], output_dir=args.output)
     try:
-        if not checkpoint:
+        if args.tiny:
             write_tiny_standins(server.models_dir / "layer_model")
+        elif toy:
+            (server.models_dir / "layer_model").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(TOY_FILES / TOY_LORA, server.models_dir / "layer_model" / TOY_LORA)
         with server:
             outputs = server.run(graph, timeout=3600)
     except ServerError as err:

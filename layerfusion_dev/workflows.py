@@ -52,6 +52,42 @@ def on_tiny_model(graph: dict[str, Any], *, size: int = 128, steps: int = 4, var
     return graph
 
 
+TOY_LOADER = "LayerFusionToyCheckpoint"
+TOY_DECODE = "LayerFusionToyTransparentDecode"
+TOY_PROMPTS = {"fg": "a red circle", "bg": "blue stripes background", "blend": "a red circle on blue stripes background",
+               "negative": ""}
+
+
+def on_toy_model(graph: dict[str, Any], *, lora_name: str, prompts: dict[str, str] | None = None, size: int = 256,
+                 steps: int = 20, cfg: float = 5.0, apply: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The same graph on the toy world (layerfusion_dev/toy_world): its checkpoint and transparent decode
+    stand in for CheckpointLoaderSimple and LayerFusion Transparent Decode, its foreground LoRA
+    (``lora_name``, in the server's layer_model folder) for LayerDiffuse's, with prompts of its grammar;
+    ``apply`` overrides LayerFusion Apply's inputs."""
+    graph = copy.deepcopy(graph)
+    if not nodes_of(graph, CHECKPOINT_LOADER):
+        raise ValueError("the graph has no CheckpointLoaderSimple to stand the toy model in for")
+    for node_id in nodes_of(graph, CHECKPOINT_LOADER):
+        graph[node_id] = {"class_type": TOY_LOADER, "inputs": {"ckpt_name": "toy_world.safetensors"},
+                          "_meta": {"title": "Toy world checkpoint (dev model)"}}
+    for node_id in nodes_of(graph, "LayerFusionTransparentDecode"):
+        old = graph[node_id]["inputs"]
+        graph[node_id] = {"class_type": TOY_DECODE, "inputs": {"samples": old["samples"], "images": old["images"]},
+                          "_meta": {"title": "Toy world transparent decode"}}
+    for node_id in nodes_of(graph, "LayerFusionLoraApply"):
+        graph[node_id]["inputs"]["lora_name"] = lora_name
+    for node_id in nodes_of(graph, "LayerFusionConditioning"):
+        graph[node_id]["inputs"].update(prompts or TOY_PROMPTS)
+    for node_id in nodes_of(graph, "LayerFusionApply"):
+        graph[node_id]["inputs"].update(apply or {})
+    for node in graph.values():
+        inputs = node["inputs"]
+        for key, value in (("width", size), ("height", size), ("steps", steps), ("cfg", cfg)):
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = value
+    return graph
+
+
 def with_checkpoint(graph: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     graph = copy.deepcopy(graph)
     for node_id in nodes_of(graph, CHECKPOINT_LOADER):

@@ -3,10 +3,20 @@ checks that run before any work."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 CATEGORY = "LayerFusion"
 MAX_RESOLUTION = 16384
+
+
+def advanced() -> dict[str, bool]:
+    """``advanced=True`` for an input, where the host's schema knows it (current ComfyUI folds such inputs
+    away; 0.3.75 has no such flag and shows them like the others)."""
+    from comfy_api.latest import io
+
+    return {"advanced": True} if "advanced" in inspect.signature(io.String.Input.__init__).parameters else {}
 
 
 def node_error(node: str, input_name: str, problem: str, fix: str) -> ValueError:

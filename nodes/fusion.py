@@ -11,12 +11,13 @@ from ..layerfusion_core.fusion.blending import BgMode, BlendSwitches
 from ..layerfusion_core.fusion.settings import FusionSettings, PriorMode
 from ..layerfusion_core.patching.layerfusion import FusionModelError, apply_layerfusion, fusion_patch
 from ..layerfusion_core.patching.options import EOS_KEY
-from .common import CATEGORY, node_error, require_finite, require_sdxl
+from .common import CATEGORY, advanced, node_error, require_finite, require_sdxl
 from .previews import intermediate_output, masks_preview
 
 CONDITIONING = "LayerFusion Conditioning"
 APPLY = "LayerFusion Apply"
 MASKS = "LayerFusion Masks"
+STRUCTURE_DEFAULT = "output 5 1"
 
 
 def _encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -102,24 +103,33 @@ class LayerFusionApply(io.ComfyNode):
                 io.Boolean.Input("blend_blend", default=True, tooltip="Ablation switch: the object into the composite."),
                 io.Boolean.Input("blend_fg", default=True, tooltip="Ablation switch: the harmonised composite back into the object."),
                 io.Boolean.Input("blend_bg", default=True, tooltip="Ablation switch: the background exchange (see bg_mode)."),
+                io.String.Input("structure_block", default=STRUCTURE_DEFAULT, optional=True, **advanced(),
+                                tooltip="Advanced: the transformer block whose self-attention gives the structure prior, as "
+                                        "'input|middle|output <id> <index>'. Default: SDXL's last, output 5 1 (on a model "
+                                        "without it, that model's last). Taken at prior_at."),
             ],
             outputs=[io.Model.Output(tooltip="The model with LayerFusion.")],
         )
 
     @classmethod
     def execute(cls, model, d: float, prior_at: float, prior_mode: str, blend_start: float, blend_end: float,
-                bg_mode: str, blend_blend: bool, blend_fg: bool, blend_bg: bool) -> io.NodeOutput:
+                bg_mode: str, blend_blend: bool, blend_fg: bool, blend_bg: bool,
+                structure_block: str = STRUCTURE_DEFAULT) -> io.NodeOutput:
         require_sdxl(APPLY, model)
         if blend_end < blend_start:
             raise node_error(APPLY, "blend_end", f"{blend_end} is before blend_start {blend_start}", "Make blend_end >= blend_start.")
+        try:
+            block = mask_pictures.parse_block(structure_block, FusionSettings.structure_block)
+        except ValueError as err:
+            raise node_error(APPLY, "structure_block", str(err), f"Leave it at '{STRUCTURE_DEFAULT}' (SDXL's last block).") from None
         settings = FusionSettings(
             d=d, prior_at=prior_at, prior_mode=PriorMode(prior_mode), blend_start=blend_start, blend_end=blend_end,
-            bg_mode=BgMode(bg_mode), switches=BlendSwitches(blend=blend_blend, fg=blend_fg, bg=blend_bg),
+            bg_mode=BgMode(bg_mode), switches=BlendSwitches(blend=blend_blend, fg=blend_fg, bg=blend_bg), structure_block=block,
         )
         try:
             return io.NodeOutput(apply_layerfusion(model, settings))
         except FusionModelError as err:
-            raise node_error(APPLY, "model", str(err), err.fix) from None
+            raise node_error(APPLY, err.input_name, str(err), err.fix) from None
 
 
 class LayerFusionMasks(io.ComfyNode):

@@ -36,9 +36,10 @@ NODE = "LayerFusion Apply"
 class FusionModelError(ValueError):
     """A model LayerFusion cannot be applied to; ``fix`` says what to do instead."""
 
-    def __init__(self, problem: str, fix: str) -> None:
+    def __init__(self, problem: str, fix: str, input_name: str = "model") -> None:
         super().__init__(problem)
         self.fix = fix
+        self.input_name = input_name  # the Apply node's input at fault
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +174,7 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
     keys = transformer_keys(model)
     if not keys:
         raise FusionModelError("has no transformer blocks to blend", "LayerFusion works on SDXL checkpoints.")
-    structure_block = settings.structure_block if settings.structure_block in keys else keys[-1]
-    settings = dataclasses.replace(settings, structure_block=structure_block)
+    settings = dataclasses.replace(settings, structure_block=_structure_block(settings.structure_block, keys))
     patched = enable_layered_batch(model)
     patched.set_model_attn1_patch(PriorProbe("attn1"))
     patched.set_model_attn2_patch(PriorProbe("attn2"))
@@ -185,8 +185,21 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
     patched.remove_wrappers_with_key(kind, FUSION_WRAPPER_KEY)
     patched.add_wrapper_with_key(kind, FUSION_WRAPPER_KEY, _fusion_sample)
     patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLONE, FUSION_WRAPPER_KEY, _own_record_slot)
-    log.info("LayerFusion on %d transformer blocks; structure prior from %s; %s", len(keys), structure_block, settings)
+    log.info("LayerFusion on %d transformer blocks; structure prior from %s; %s", len(keys), settings.structure_block, settings)
     return patched
+
+
+def _structure_block(wanted: BlockKey, keys: list[BlockKey]) -> BlockKey:
+    """The block the structure prior comes from: ``wanted`` if the model has it; SDXL's default falls back
+    to the model's last block (the same role in SSD-1B, Vega, the tiny test models); any other is refused."""
+    if wanted in keys:
+        return wanted
+    if wanted == FusionSettings.structure_block:
+        return keys[-1]
+    names = ", ".join(" ".join(map(str, key)) for key in (keys[0], keys[len(keys) // 2], keys[-1]))
+    raise FusionModelError(f"names block {' '.join(map(str, wanted))}, which this model does not have ({len(keys)} blocks, e.g. {names})",
+                           f"Name one of its blocks, or leave it at SDXL's '{' '.join(map(str, FusionSettings.structure_block))}'.",
+                           input_name="structure_block")
 
 
 def fusion_patch(model: comfy.model_patcher.ModelPatcher) -> LayerFusionPatch | None:

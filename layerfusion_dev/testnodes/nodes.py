@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import tiny_flux, tiny_sdxl
 from .layout import LAYOUT_OPTION
+from .toy import LayerFusionToyCheckpoint, LayerFusionToyTransparentDecode
 
 
 class LayerFusionTestTinySDXL(io.ComfyNode):
@@ -155,4 +156,5 @@ class LayerFusionTestTinyFluxVae(io.ComfyNode):
 class TestNodesExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LayerFusionTestTinySDXL, LayerFusionTestTinySD15, LayerFusionTestPoison, LayerFusionTestLayeredBatch,
-                LayerFusionTestTinyFluxModel, LayerFusionTestTinyFluxClip, LayerFusionTestTinyFluxVae]
+                LayerFusionTestTinyFluxModel, LayerFusionTestTinyFluxClip, LayerFusionTestTinyFluxVae,
+                LayerFusionToyCheckpoint, LayerFusionToyTransparentDecode]

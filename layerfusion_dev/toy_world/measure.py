@@ -1,0 +1,244 @@
+"""LayerFusion on against blending off in the toy world: the method's claims (a)-(f), measured.
+
+Each case is a seeded prompt triple (a foreground, a background, their composite) sampled twice from
+the same noise by ComfyUI's own sampler with the pack's own nodes: once with LayerFusion Apply as set,
+once with its three blends switched off (independent streams). Claims, per case:
+
+(a) ``prompt``: the foreground's object has the prompted colour and the background stream the prompted
+    background colour (1 or 0);
+(b) ``blend_iou``: the composite's object (pixels near the object colour) against the foreground's
+    alpha > 0.5 (IoU);
+(c) ``mask_iou``: the hard mask (> 0.5) against the foreground's alpha > 0.5 (IoU);
+(d) ``bg_object``: share of the background stream's pixels that have the object's colour (lower is better);
+(e) ``outside`` / ``inside``: mean |composite - background| outside the object (alpha < 0.1), and
+    mean |composite - object colour| inside it (alpha > 0.5) (lower is better);
+(f) ``alpha_iou``: soft IoU of the alpha with the foreground's own object pixels (its colour over grey).
+
+    python -m layerfusion_dev.toy_world.measure [--seeds 16] [--steps 20] [--out bench/toy_world]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..paths import REPO
+from ..testnodes import toy_models
+from . import scenes
+
+log = logging.getLogger("layerfusion.toy_world")
+CLAIMS = ("prompt", "blend_iou", "mask_iou", "bg_object", "outside", "inside", "alpha_iou")
+BETTER_LOW = {"bg_object", "outside", "inside"}
+SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    seed: int
+    colour: str
+    shape: str
+    bg_colour: str
+    pattern: str
+
+    @property
+    def prompts(self) -> tuple[str, str, str]:
+        fg = f"a {self.colour} {self.shape}"
+        bg = scenes.background_prompt(self.bg_colour, self.pattern)
+        return fg, bg, f"{fg} on {bg}"
+
+
+def cases(count: int, seed: int = 1000) -> list[Case]:
+    specs = scenes.draw_specs(count, torch.Generator().manual_seed(seed))
+    return [Case(seed + i, s.colour, s.shape, s.bg_colour, s.pattern) for i, s in enumerate(specs)]
+
+
+@dataclasses.dataclass
+class Run:
+    fg_rgba: torch.Tensor  # [H, W, 4]
+    fg_rgb: torch.Tensor  # [H, W, 3]: the VAE decode (object over grey)
+    bg: torch.Tensor  # [H, W, 3]
+    blend: torch.Tensor  # [H, W, 3]
+    structure: torch.Tensor | None  # [H, W]
+    soft: torch.Tensor | None
+    hard: torch.Tensor | None
+
+
+class Toy:
+    """The toy checkpoint and foreground LoRA, loaded once, with the pack's nodes."""
+
+    def __init__(self, checkpoint: Path | None = None, lora: Path | None = None) -> None:
+        from ..pack import import_pack
+
+        self.pack = import_pack()
+        from layerfusion.layerfusion_core.layout.rows import Branch
+        from layerfusion.layerfusion_core.patching.branch_lora import apply_branch_lora
+        from layerfusion.layerfusion_core.patching.model_info import unet_shapes
+        from layerfusion.layerfusion_core.weights.lora_files import load_lora
+
+        self.model, self.clip, self.vae = toy_models.load_checkpoint(checkpoint or toy_models.FILES / toy_models.CHECKPOINT)
+        loaded = load_lora(str(lora or toy_models.FILES / toy_models.FG_LORA), self.model.model, unet_shapes(self.model))
+        self.fg_model = apply_branch_lora(self.model, loaded, Branch.FG, 1.0)
+
+    @torch.no_grad()
+    def run(self, case: Case, settings: dict[str, Any], *, steps: int, cfg: float, blend: bool) -> Run:
+        import comfy.sample
+
+        from layerfusion.layerfusion_core.fusion import mask_pictures
+        from layerfusion.layerfusion_core.patching.layerfusion import fusion_patch
+        from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
+        from layerfusion.nodes.latent import LayerFusionEmptyLatent
+
+        fg, bg, blend_prompt = case.prompts
+        positive, negative = LayerFusionConditioning.execute(self.clip, fg, bg, blend_prompt, "").result
+        latent = LayerFusionEmptyLatent.execute(width=SIZE, height=SIZE, sets=1).result[0]
+        switches = {} if blend else {"blend_blend": False, "blend_fg": False, "blend_bg": False}
+        model = LayerFusionApply.execute(self.fg_model, **{**settings, **switches}).result[0]
+        noise = comfy.sample.prepare_noise(latent["samples"], case.seed)
+        samples = comfy.sample.sample(model, noise, steps, cfg, "dpmpp_2m", "karras", positive, negative, latent["samples"],
+                                      seed=case.seed, disable_pbar=True)
+        pictures = self.vae.decode(samples)
+        rgba = toy_models.transparent_decode(samples[0:1], pictures[0:1])[0]
+        patch = fusion_patch(model)
+        structure = soft = hard = None
+        if blend:
+            structure, soft, hard = (m[0] for m in mask_pictures.maps(patch.records.record, patch.settings.structure_block, -1,
+                                                                       patch.settings.d, (SIZE, SIZE)))
+        return Run(rgba, pictures[0], pictures[1], pictures[2], structure, soft, hard)
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return (a & b).sum().item() / union if union else 0.0
+
+
+def _near(rgb: torch.Tensor, colour: tuple[float, float, float], tolerance: float) -> torch.Tensor:
+    return (rgb - torch.tensor(colour, dtype=rgb.dtype)).abs().amax(dim=-1) < tolerance
+
+
+def claims(case: Case, run: Run) -> dict[str, float]:
+    colour = scenes.OBJECT_COLOURS[case.colour]
+    alpha = run.fg_rgba[..., 3]
+    obj = alpha > 0.5
+    fg_colour_ok = bool(obj.sum() > 0.01 * obj.numel()) and _near(run.fg_rgba[..., :3][obj].mean(0), colour, 0.25).item()
+    base = scenes.BACKGROUND_COLOURS[case.bg_colour]
+    light = tuple(c + (1 - c) * 0.45 for c in base)
+    bg_share = (_near(run.bg, base, 0.2) | _near(run.bg, light, 0.2)).float().mean().item()
+    blend_obj = _near(run.blend, colour, 0.25)
+    fg_obj = _near(run.fg_rgb, colour, 0.25).float()
+    outside = alpha < 0.1
+    out = {
+        "prompt": float(fg_colour_ok and bg_share > 0.5),
+        "blend_iou": _iou(blend_obj, obj),
+        "mask_iou": _iou(run.hard > 0.5, obj) if run.hard is not None else float("nan"),
+        "bg_object": _near(run.bg, colour, 0.25).float().mean().item(),
+        "outside": (run.blend - run.bg).abs().mean(-1)[outside].mean().item() if outside.any() else float("nan"),
+        "inside": (run.blend - torch.tensor(colour)).abs().mean(-1)[obj].mean().item() if obj.any() else float("nan"),
+        "alpha_iou": (torch.minimum(alpha, fg_obj).sum() / torch.maximum(alpha, fg_obj).sum().clamp(min=1e-6)).item(),
+    }
+    return out
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for claim in CLAIMS:
+        values = [r[claim] for r in rows if r[claim] == r[claim]]
+        out[claim] = (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
+    return out
+
+
+def table(on: dict[str, tuple[float, float]], off: dict[str, tuple[float, float]], count: int) -> str:
+    lines = [f"| claim ({count} seeds, mean ± sd) | LayerFusion on | blending off | better |", "|---|---|---|---|"]
+    for claim in CLAIMS:
+        (m_on, s_on), (m_off, s_off) = on[claim], off[claim]
+        if m_off != m_off:
+            better = "n/a"
+        else:
+            better = "on" if ((m_on < m_off) if claim in BETTER_LOW else (m_on > m_off)) else "off"
+        lines.append(f"| {claim} | {m_on:.3f} ± {s_on:.3f} | {m_off:.3f} ± {s_off:.3f} | {better} |")
+    return "\n".join(lines)
+
+
+def picture(runs: list[tuple[Run, Run]], path: Path) -> None:
+    """Rows: one case; columns (on): fg over a checkerboard, bg, blend, hard mask; then the same off."""
+    import numpy as np
+    from PIL import Image
+
+    def checker(rgba: torch.Tensor) -> torch.Tensor:
+        h, w = rgba.shape[:2]
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        board = torch.where(((ys // 16 + xs // 16) % 2 == 0), 0.8, 0.6).unsqueeze(-1).expand(h, w, 3)
+        return rgba[..., :3] * rgba[..., 3:] + board * (1 - rgba[..., 3:])
+
+    rows = []
+    for on, off in runs:
+        mask = on.hard.unsqueeze(-1).expand(-1, -1, 3) if on.hard is not None else torch.zeros_like(on.bg)
+        cells = [checker(on.fg_rgba), on.bg, on.blend, mask, checker(off.fg_rgba), off.bg, off.blend]
+        rows.append(torch.cat([c.float().cpu() for c in cells], dim=1))
+    grid = torch.cat(rows, dim=0).clamp(0, 1).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+
+
+def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, Any], picture_path: Path | None = None,
+            on_case=None) -> dict[str, Any]:
+    on_rows, off_rows, shown = [], [], []
+    for case in cases(count):
+        on = toy.run(case, settings, steps=steps, cfg=cfg, blend=True)
+        off = toy.run(case, settings, steps=steps, cfg=cfg, blend=False)
+        on_rows.append(claims(case, on))
+        off_rows.append(claims(case, off))
+        if len(shown) < 6:
+            shown.append((on, off))
+        if on_case is not None:
+            on_case(case, on_rows[-1], off_rows[-1])
+    if picture_path is not None:
+        picture(shown, picture_path)
+    return {"cases": [dataclasses.asdict(c) for c in cases(count)], "on": on_rows, "off": off_rows,
+            "summary_on": summarise(on_rows), "summary_off": summarise(off_rows)}
+
+
+DEFAULTS = {"d": 10.0, "prior_at": 0.8, "prior_mode": "prior_pass", "blend_start": 0.0, "blend_end": 1.0, "bg_mode": "bg_from_bl",
+            "blend_blend": True, "blend_fg": True, "blend_bg": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--set", action="append", default=[], help="a LayerFusion Apply input, e.g. --set prior_at=0.5")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "toy_world")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from ..host import import_comfy
+
+    import_comfy(cpu=True)
+    settings = dict(DEFAULTS)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        settings[key] = type(DEFAULTS[key])(value) if key in DEFAULTS and not isinstance(DEFAULTS[key], bool) else value == "True" if key in DEFAULTS else value
+    toy = Toy()
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.seeds, desc="toy world: measure", unit="seed")
+    result = measure(toy, args.seeds, args.steps, args.cfg, settings, args.out / "on_off.png", lambda *_: bar.update())
+    bar.close()
+    result["settings"] = settings
+    result["steps"], result["cfg"] = args.steps, args.cfg
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = table(result["summary_on"], result["summary_off"], args.seeds)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

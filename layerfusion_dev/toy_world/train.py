@@ -1,0 +1,291 @@
+"""`make toy-world`: train the toy world's files on this machine (seeded, resumable, with a progress bar).
+
+Stages, each resumable from its last saved state (in .cache/toy_world/, safetensors only):
+1. ``scenes``: render the training scenes once and keep their latents (the VAE is exact: no training);
+2. ``base``: the UNet, v-prediction, on backgrounds, composites and objects over grey, prompts dropped
+   10 % of the time (for guidance);
+3. ``fg``: the foreground LoRA (LayerDiffuse's attention layout, rank `LORA_RANK`) on the frozen base:
+   foreground prompt -> the transparent latent (object over grey + alpha in channel 3).
+Then the files are written to layerfusion_dev/toy_world/files/ (fp16) with their hashes.
+
+    python -m layerfusion_dev.toy_world.train [--seed 0] [--base-steps N] [--fg-steps N] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..paths import REPO
+from ..testnodes import toy_models as models
+from . import scenes
+
+log = logging.getLogger("layerfusion.toy_world")
+CACHE = REPO / ".cache" / "toy_world"
+SCENES = 4096
+BATCH = 32
+BASE_STEPS = 1400
+FG_STEPS = 500
+LORA_RANK = 8
+SAVE_EVERY = 50
+DROP_PROMPT = 0.1
+ROLES = (("fg_grey", 0.25), ("bg", 0.35), ("blend", 0.40))  # base stage: what each sample shows
+LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+
+
+@dataclasses.dataclass
+class World:
+    """Latents of the training scenes (model space) and their prompts."""
+    fg_grey: torch.Tensor  # the object over grey, as an ordinary picture (channel 3 zero)
+    fg: torch.Tensor  # the transparent latent
+    bg: torch.Tensor
+    blend: torch.Tensor
+    fg_prompts: list[str]
+    bg_prompts: list[str]
+    blend_prompts: list[str]
+
+
+def build_world(seed: int, count: int = SCENES) -> World:
+    path = CACHE / f"scenes_{seed}_{count}.safetensors"
+    specs = scenes.draw_specs(count, torch.Generator().manual_seed(seed))
+    if not path.is_file():
+        import safetensors.torch
+
+        parts: dict[str, list[torch.Tensor]] = {"fg_grey": [], "fg": [], "bg": [], "blend": []}
+        from tqdm import tqdm
+
+        for start in tqdm(range(0, count, 64), desc="toy world: scenes", unit="x64"):
+            rendered = scenes.render(specs[start:start + 64])
+            alpha = rendered.fg[:, 3:]
+            parts["fg_grey"].append(models.model_latent(rendered.fg[:, :3] * alpha + models.NEUTRAL * (1 - alpha)))
+            parts["fg"].append(models.transparent_latent(rendered.fg))
+            parts["bg"].append(models.model_latent(rendered.bg))
+            parts["blend"].append(models.model_latent(rendered.blend))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file({k: torch.cat(v).contiguous() for k, v in parts.items()}, str(path))
+    import safetensors.torch
+
+    tensors = safetensors.torch.load_file(str(path))
+    return World(tensors["fg_grey"], tensors["fg"], tensors["bg"], tensors["blend"],
+                 [s.fg_prompt for s in specs], [s.bg_prompt for s in specs], [s.blend_prompt for s in specs])
+
+
+class Conditioner:
+    """Prompt -> (context, y) exactly as ComfyUI builds them at sampling (CLIPTextEncode, SDXL's encode_adm)."""
+
+    def __init__(self, model, clip) -> None:
+        encoded = models.encode_prompts(clip, scenes.all_prompts())
+        self.context = {p: c for p, (c, _) in encoded.items()}
+        self.y = {p: model.model.encode_adm(pooled_output=pooled[None])[0].float() for p, (_, pooled) in encoded.items()}
+
+    def batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([self.context[p] for p in prompts]), torch.stack([self.y[p] for p in prompts])
+
+
+def v_loss(model, x0: torch.Tensor, context: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The v-prediction loss, through ComfyUI's own `apply_model` (its input scaling and V_PREDICTION)."""
+    sigmas = models.sigma_table(model)
+    index = torch.randint(0, len(sigmas), (x0.shape[0],), generator=gen)
+    sigma = sigmas[index]
+    noise = torch.randn(x0.shape, generator=gen)
+    noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
+    denoised = model.model.apply_model(noisy, sigma, c_crossattn=context, y=y)
+    weight = (sigma**2 + 1) / sigma**2
+    return (((denoised - x0) ** 2).mean(dim=(1, 2, 3)) * weight).mean()
+
+
+def _step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{stage}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def base_batch(world: World, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    index = torch.randint(0, world.bg.shape[0], (BATCH,), generator=gen).tolist()
+    pick = torch.rand(BATCH, generator=gen).tolist()
+    drop = (torch.rand(BATCH, generator=gen) < DROP_PROMPT).tolist()
+    flip = (torch.rand(BATCH, generator=gen) < 0.5).tolist()
+    latents, prompts = [], []
+    for i, p, d, f in zip(index, pick, drop, flip):
+        role = "fg_grey" if p < ROLES[0][1] else ("bg" if p < ROLES[0][1] + ROLES[1][1] else "blend")
+        latent = getattr(world, role)[i]
+        latents.append(latent.flip(-1) if f else latent)
+        prompt = {"fg_grey": world.fg_prompts, "bg": world.bg_prompts, "blend": world.blend_prompts}[role][i]
+        prompts.append("" if d else prompt)
+    return torch.stack(latents), prompts
+
+
+def fg_batch(world: World, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    index = torch.randint(0, world.fg.shape[0], (BATCH,), generator=gen).tolist()
+    drop = (torch.rand(BATCH, generator=gen) < DROP_PROMPT).tolist()
+    flip = (torch.rand(BATCH, generator=gen) < 0.5).tolist()
+    latents = [world.fg[i].flip(-1) if f else world.fg[i] for i, f in zip(index, flip)]
+    return torch.stack(latents), ["" if d else world.fg_prompts[i] for i, d in zip(index, drop)]
+
+
+class LoRA(torch.nn.Module):
+    """Rank-r factors on every attention projection of the UNet's transformer blocks, applied by forward
+    hooks (``out + up(down(x))``) so the base stays frozen and untouched."""
+
+    def __init__(self, diffusion_model: torch.nn.Module, rank: int, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.names: list[str] = []
+        self.down = torch.nn.ParameterList()
+        self.up = torch.nn.ParameterList()
+        self._targets = []
+        for name, module in sorted(diffusion_model.named_modules(), key=lambda item: item[0]):
+            if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS) and ".transformer_blocks." in name:
+                self.names.append(name)
+                self.down.append(torch.nn.Parameter(torch.randn(rank, module.in_features, generator=gen) / module.in_features**0.5))
+                self.up.append(torch.nn.Parameter(torch.zeros(module.out_features, rank)))
+                self._targets.append(module)
+        self._handles = []
+
+    def attach(self) -> None:
+        for i, module in enumerate(self._targets):
+            self._handles.append(module.register_forward_hook(lambda mod, args, out, i=i: out + (args[0] @ self.down[i].T) @ self.up[i].T))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def layerdiffuse_tensors(self) -> dict[str, torch.Tensor]:
+        """The factors under LayerDiffuse's key names: ``diffusion_model.<key>.weight::lora::0`` is up, ``::1`` down."""
+        out = {}
+        for name, down, up in zip(self.names, self.down, self.up):
+            out[f"diffusion_model.{name}.weight::lora::0"] = up.detach().half().contiguous()
+            out[f"diffusion_model.{name}.weight::lora::1"] = down.detach().half().contiguous()
+        return out
+
+
+def _save_state(path: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, step: int) -> None:
+    import safetensors.torch
+
+    tensors = {f"param.{k}": v.detach().contiguous() for k, v in params.items()}
+    names = list(params)
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"opt.{names[index]}.{key}"] = value.detach().reshape(-1).contiguous() if value.ndim == 0 else value.contiguous()
+    tmp = path.with_suffix(".tmp")
+    safetensors.torch.save_file(tensors, str(tmp), metadata={"step": str(step)})
+    tmp.replace(path)
+
+
+def _load_state(path: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
+    import safetensors
+    import safetensors.torch
+
+    if not path.is_file():
+        return 0
+    with safetensors.safe_open(str(path), "pt") as handle:
+        step = int(handle.metadata()["step"])
+    tensors = safetensors.torch.load_file(str(path))
+    names = list(params)
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[f"param.{name}"])
+    state = optimizer.state_dict()
+    for index, name in enumerate(names):
+        entry = {key[len(f"opt.{name}."):]: value for key, value in tensors.items() if key.startswith(f"opt.{name}.")}
+        if entry:
+            entry["step"] = entry["step"].reshape(())
+            state["state"][index] = entry
+    optimizer.load_state_dict(state)
+    return step
+
+
+def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, steps: int, seed: int, lr: float) -> list[float]:
+    from tqdm import tqdm
+
+    optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
+    state_path = CACHE / f"{stage}_{seed}_state.safetensors"
+    start = _load_state(state_path, params, optimizer)
+    losses = []
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"toy world: {stage}", unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50) * (0.5 * (1 + torch.cos(torch.tensor(step / steps * torch.pi))).item() * 0.9 + 0.1)
+        loss = loss_of(_step_generator(seed, stage, step))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        if (step + 1) % SAVE_EVERY == 0 or step + 1 == steps:
+            _save_state(state_path, params, optimizer, step + 1)
+    return losses
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-steps", type=int, default=BASE_STEPS)
+    parser.add_argument("--fg-steps", type=int, default=FG_STEPS)
+    parser.add_argument("--out", type=Path, default=models.FILES)
+    parser.add_argument("--fresh", action="store_true", help="forget saved training states and start over")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from ..host import import_comfy
+
+    import_comfy(cpu=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.fresh:
+        for path in CACHE.glob(f"*_{args.seed}_state.safetensors"):
+            path.unlink()
+    started = time.monotonic()
+    world = build_world(args.seed)
+    model = models.build_unet(args.seed)
+    clip = models.build_clip(args.seed)
+    vae = models.build_vae()
+    conditioner = Conditioner(model, clip)
+    unet = model.model.diffusion_model
+    unet.train()
+    params = {k: p for k, p in unet.named_parameters()}
+
+    def base_loss(gen: torch.Generator) -> torch.Tensor:
+        latents, prompts = base_batch(world, gen)
+        return v_loss(model, latents, *conditioner.batch(prompts), gen)
+
+    train_stage("base", params, base_loss, args.base_steps, args.seed, lr=1e-3)
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    lora = LoRA(unet, LORA_RANK, args.seed)
+    lora.attach()
+
+    def fg_loss(gen: torch.Generator) -> torch.Tensor:
+        latents, prompts = fg_batch(world, gen)
+        return v_loss(model, latents, *conditioner.batch(prompts), gen)
+
+    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=2e-3)
+    lora.detach()
+    unet.eval()
+
+    import safetensors.torch
+
+    meta = {"toy_world.seed": json.dumps(args.seed), "toy_world.base_steps": json.dumps(args.base_steps),
+            "toy_world.fg_steps": json.dumps(args.fg_steps), "toy_world.lora_rank": json.dumps(LORA_RANK)}
+    models.save_checkpoint(args.out / models.CHECKPOINT, model, clip, vae, meta)
+    safetensors.torch.save_file(lora.layerdiffuse_tensors(), str(args.out / models.FG_LORA), metadata=meta)
+    hashes = {name: sha256(args.out / name) for name in (models.CHECKPOINT, models.FG_LORA)}
+    (args.out / "hashes.json").write_text(json.dumps(hashes, indent=1) + "\n")
+    log.info("toy world: wrote %s in %.0f s", ", ".join(f"{k} ({(args.out / k).stat().st_size / 1e6:.1f} MB)" for k in hashes),
+             time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
