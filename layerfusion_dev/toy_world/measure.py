@@ -35,6 +35,7 @@ from . import scenes
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("prompt", "blend_iou", "mask_iou", "bg_object", "outside", "inside", "alpha_iou")
+DIAGNOSTICS = ("structure_iou",)  # the structure prior's top (the alpha's area) against alpha > 0.5
 BETTER_LOW = {"bg_object", "outside", "inside"}
 SIZE = 256
 
@@ -68,6 +69,7 @@ class Run:
     structure: torch.Tensor | None  # [H, W]
     soft: torch.Tensor | None
     hard: torch.Tensor | None
+    record: Any = None  # the run's MaskRecord (LayerFusion on)
 
 
 class Toy:
@@ -110,7 +112,7 @@ class Toy:
         if blend:
             structure, soft, hard = (m[0] for m in mask_pictures.maps(patch.records.record, patch.settings.structure_block, -1,
                                                                        patch.settings.d, (SIZE, SIZE)))
-        return Run(rgba, pictures[0], pictures[1], pictures[2], structure, soft, hard)
+        return Run(rgba, pictures[0], pictures[1], pictures[2], structure, soft, hard, patch.records.record if blend else None)
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,13 +143,39 @@ def claims(case: Case, run: Run) -> dict[str, float]:
         "outside": (run.blend - run.bg).abs().mean(-1)[outside].mean().item() if outside.any() else float("nan"),
         "inside": (run.blend - torch.tensor(colour)).abs().mean(-1)[obj].mean().item() if obj.any() else float("nan"),
         "alpha_iou": (torch.minimum(alpha, fg_obj).sum() / torch.maximum(alpha, fg_obj).sum().clamp(min=1e-6)).item(),
+        "structure_iou": _top_iou(run.structure, obj) if run.structure is not None else float("nan"),
     }
     return out
 
 
+def _top_iou(values: torch.Tensor, obj: torch.Tensor) -> float:
+    """IoU with ``obj`` of the ``obj.sum()`` pixels where ``values`` is highest."""
+    count = int(obj.sum())
+    if count == 0:
+        return float("nan")
+    threshold = values.flatten().topk(count).values[-1]
+    return _iou(values >= threshold, obj)
+
+
+def block_report(case_runs: list[tuple[Case, Run]]) -> dict[str, dict[str, float]]:
+    """Per transformer block, at the extraction step (the first joint step at or after it), over the
+    cases: the soft mask's IoU with alpha > 0.5 (its top area, so the threshold does not decide), and its mean."""
+    from layerfusion.layerfusion_core.fusion import mask_pictures
+
+    per_block: dict[str, list[tuple[float, float]]] = {}
+    for _case, run in case_runs:
+        record = run.record
+        obj = run.fg_rgba[..., 3] > 0.5
+        for block in sorted({key for key, _ in record.soft}):
+            _, soft, _ = mask_pictures.maps(record, block, -1, 10.0, tuple(obj.shape))
+            per_block.setdefault(" ".join(map(str, block)), []).append((_top_iou(soft[0], obj), soft[0].mean().item()))
+    return {block: {"soft_top_iou": statistics.fmean(v[0] for v in values if v[0] == v[0]),
+                    "soft_mean": statistics.fmean(v[1] for v in values)} for block, values in per_block.items()}
+
+
 def summarise(rows: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
     out = {}
-    for claim in CLAIMS:
+    for claim in (*CLAIMS, *DIAGNOSTICS):
         values = [r[claim] for r in rows if r[claim] == r[claim]]
         out[claim] = (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
     return out
@@ -188,12 +216,13 @@ def picture(runs: list[tuple[Run, Run]], path: Path) -> None:
 
 def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, Any], picture_path: Path | None = None,
             on_case=None) -> dict[str, Any]:
-    on_rows, off_rows, shown = [], [], []
+    on_rows, off_rows, shown, on_runs = [], [], [], []
     for case in cases(count):
         on = toy.run(case, settings, steps=steps, cfg=cfg, blend=True)
         off = toy.run(case, settings, steps=steps, cfg=cfg, blend=False)
         on_rows.append(claims(case, on))
         off_rows.append(claims(case, off))
+        on_runs.append((case, on))
         if len(shown) < 6:
             shown.append((on, off))
         if on_case is not None:
@@ -201,7 +230,7 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
     if picture_path is not None:
         picture(shown, picture_path)
     return {"cases": [dataclasses.asdict(c) for c in cases(count)], "on": on_rows, "off": off_rows,
-            "summary_on": summarise(on_rows), "summary_off": summarise(off_rows)}
+            "summary_on": summarise(on_rows), "summary_off": summarise(off_rows), "blocks": block_report(on_runs)}
 
 
 DEFAULTS = {"d": 10.0, "prior_at": 0.8, "prior_mode": "prior_pass", "blend_start": 0.0, "blend_end": 1.0, "bg_mode": "bg_from_bl",
@@ -237,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     text = table(result["summary_on"], result["summary_off"], args.seeds)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
+    print("structure prior top-area IoU with the object (on):", "{:.3f} ± {:.3f}".format(*result["summary_on"]["structure_iou"]))
+    for block, values in result["blocks"].items():
+        print(f"  soft mask at the extraction step, {block}: top-area IoU {values['soft_top_iou']:.3f}, mean {values['soft_mean']:.3f}")
     return 0
 
 

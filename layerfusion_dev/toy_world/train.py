@@ -31,8 +31,8 @@ log = logging.getLogger("layerfusion.toy_world")
 CACHE = REPO / ".cache" / "toy_world"
 SCENES = 4096
 BATCH = 32
-BASE_STEPS = 1400
-FG_STEPS = 500
+BASE_STEPS = 640
+FG_STEPS = 200
 LORA_RANK = 8
 SAVE_EVERY = 50
 DROP_PROMPT = 0.1
@@ -54,7 +54,8 @@ class World:
 
 
 def build_world(seed: int, count: int = SCENES) -> World:
-    path = CACHE / f"scenes_{seed}_{count}.safetensors"
+    source = hashlib.sha256(Path(scenes.__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()[:12]
+    path = CACHE / f"scenes_{seed}_{count}_{source}.safetensors"  # a change to the world or the latents renders anew
     specs = scenes.draw_specs(count, torch.Generator().manual_seed(seed))
     if not path.is_file():
         import safetensors.torch
@@ -203,11 +204,18 @@ def _load_state(path: Path, params: dict[str, torch.nn.Parameter], optimizer: to
     return step
 
 
-def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, steps: int, seed: int, lr: float) -> list[float]:
+def run_key(*parts: object) -> str:
+    """What a saved training state belongs to: the code of the world, the models and the training, and ``parts``."""
+    code = b"".join(Path(m.__file__).read_bytes() for m in (scenes, models)) + Path(__file__).read_bytes()
+    return hashlib.sha256(code + repr(parts).encode()).hexdigest()[:12]
+
+
+def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, steps: int, seed: int, lr: float,
+                key: str) -> list[float]:
     from tqdm import tqdm
 
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
-    state_path = CACHE / f"{stage}_{seed}_state.safetensors"
+    state_path = CACHE / f"{stage}_{seed}_{key}_state.safetensors"
     start = _load_state(state_path, params, optimizer)
     losses = []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"toy world: {stage}", unit="step")
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     import_comfy(cpu=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.fresh:
-        for path in CACHE.glob(f"*_{args.seed}_state.safetensors"):
+        for path in CACHE.glob(f"*_{args.seed}_*_state.safetensors"):
             path.unlink()
     started = time.monotonic()
     world = build_world(args.seed)
@@ -260,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         latents, prompts = base_batch(world, gen)
         return v_loss(model, latents, *conditioner.batch(prompts), gen)
 
-    train_stage("base", params, base_loss, args.base_steps, args.seed, lr=1e-3)
+    base_key = run_key(args.seed, args.base_steps, BATCH, SCENES)
+    train_stage("base", params, base_loss, args.base_steps, args.seed, lr=1e-3, key=base_key)
     for p in unet.parameters():
         p.requires_grad_(False)
     lora = LoRA(unet, LORA_RANK, args.seed)
@@ -270,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         latents, prompts = fg_batch(world, gen)
         return v_loss(model, latents, *conditioner.batch(prompts), gen)
 
-    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=2e-3)
+    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=2e-3,
+                key=run_key(base_key, args.fg_steps, LORA_RANK))
     lora.detach()
     unet.eval()
 
