@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                   "https://huggingface.co/LayerDiffusion/layerdiffusion-v1 (or run with --tiny)", file=sys.stderr)
             return 1
     args.output.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    started, wall_start = time.monotonic(), time.time()
     server = ComfyServer(test_nodes=not checkpoint, models_dirs=models_dirs if checkpoint else [], output_dir=args.output)
     try:
         if args.tiny:
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: failed: {err}", file=sys.stderr)
         return 1
     paths = output_paths(outputs, args.output)
+    paths += sorted(p for p in args.output.rglob("layers_*") if p.suffix in (".psd", ".ora") and p.stat().st_mtime >= wall_start)
     if not paths:
         print("demo: the workflow finished but saved no image", file=sys.stderr)
         return 1

@@ -15,7 +15,8 @@
   channel 3; the decoder paints each latent pixel's colour over its 8x8 block (its first ReLU layer
   undoes TAESD's input clamp piecewise-linearly, to within 1e-3).
 - **Transparency**: a foreground latent is the object over 50 % grey in channels 0-2 (what the VAE
-  shows) and ``2 * alpha - 1`` in channel 3; `transparent_decode` reads the alpha from channel 3.
+  shows) and the alpha in channel 3 (0 where transparent, as in every ordinary latent: the LoRA only
+  has to add the object's alpha); `transparent_decode` reads the alpha from channel 3.
   (The pack's Transparent Decode needs LayerDiffuse's decoder at its full size, 208 MB; a hand-set
   one of that layout would not fit the toy's size budget.)
 
@@ -191,11 +192,11 @@ def model_latent(pictures: torch.Tensor) -> torch.Tensor:
 
 def transparent_latent(fg: torch.Tensor) -> torch.Tensor:
     """``[B, 4, H, W]`` straight RGBA -> the model-space foreground latent: the object over grey in 0-2,
-    ``2 * alpha - 1`` in channel 3."""
+    the alpha (its 8x8 mean) in channel 3."""
     alpha = fg[:, 3:]
     over = fg[:, :3] * alpha + NEUTRAL * (1 - alpha)
     latent = model_latent(over)
-    latent[:, 3:] = torch.nn.functional.avg_pool2d(alpha, 8) * 2 - 1
+    latent[:, 3:] = torch.nn.functional.avg_pool2d(alpha, 8)
     return latent
 
 
@@ -204,7 +205,7 @@ def transparent_decode(latent_raw: torch.Tensor, rgb: torch.Tensor) -> torch.Ten
     per latent pixel, the straight colour ``(shown - grey * (1 - alpha)) / alpha`` (painted over its block,
     as the VAE paints), and the alpha from channel 3, upsampled bilinearly (soft edges)."""
     size = rgb.shape[1:3]
-    alpha = ((latent_raw[:, 3:].float() * LATENT_SCALE + 1) / 2).clamp(0, 1)
+    alpha = (latent_raw[:, 3:].float() * LATENT_SCALE).clamp(0, 1)
     shown = torch.nn.functional.avg_pool2d(rgb.movedim(-1, 1).float(), 8)
     straight = torch.where(alpha > 0.02, (shown - NEUTRAL * (1 - alpha)) / alpha.clamp(min=0.02), shown).clamp(0, 1)
     straight = torch.nn.functional.interpolate(straight, size=size, mode="nearest")

@@ -32,8 +32,10 @@ CACHE = REPO / ".cache" / "toy_world"
 SCENES = 4096
 BATCH = 32
 BASE_STEPS = 640
-FG_STEPS = 200
-LORA_RANK = 8
+FG_STEPS = 240
+LORA_RANK = 16
+BASE_LR = 1e-3
+FG_LR = 3e-3
 SAVE_EVERY = 50
 DROP_PROMPT = 0.1
 ROLES = (("fg_grey", 0.25), ("bg", 0.35), ("blend", 0.40))  # base stage: what each sample shows
@@ -205,9 +207,9 @@ def _load_state(path: Path, params: dict[str, torch.nn.Parameter], optimizer: to
 
 
 def run_key(*parts: object) -> str:
-    """What a saved training state belongs to: the code of the world, the models and the training, and ``parts``."""
-    code = b"".join(Path(m.__file__).read_bytes() for m in (scenes, models)) + Path(__file__).read_bytes()
-    return hashlib.sha256(code + repr(parts).encode()).hexdigest()[:12]
+    """What a saved training state belongs to: ``parts`` (the stage's data and settings)."""
+    blob = b"".join(p.numpy().tobytes() if isinstance(p, torch.Tensor) else repr(p).encode() for p in parts)
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, steps: int, seed: int, lr: float,
@@ -268,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         latents, prompts = base_batch(world, gen)
         return v_loss(model, latents, *conditioner.batch(prompts), gen)
 
-    base_key = run_key(args.seed, args.base_steps, BATCH, SCENES)
-    train_stage("base", params, base_loss, args.base_steps, args.seed, lr=1e-3, key=base_key)
+    base_key = run_key(world.fg_grey, world.bg, world.blend, world.fg_prompts, world.bg_prompts, world.blend_prompts,
+                       args.seed, args.base_steps, BATCH, ROLES, DROP_PROMPT, BASE_LR, models.unet_config())
+    train_stage("base", params, base_loss, args.base_steps, args.seed, lr=BASE_LR, key=base_key)
     for p in unet.parameters():
         p.requires_grad_(False)
     lora = LoRA(unet, LORA_RANK, args.seed)
@@ -279,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         latents, prompts = fg_batch(world, gen)
         return v_loss(model, latents, *conditioner.batch(prompts), gen)
 
-    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=2e-3,
-                key=run_key(base_key, args.fg_steps, LORA_RANK))
+    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=FG_LR,
+                key=run_key(base_key, world.fg, args.fg_steps, LORA_RANK, FG_LR))
     lora.detach()
     unet.eval()
 
