@@ -264,7 +264,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
     with safetensors.safe_open(str(path), "pt") as handle:
         meta = handle.metadata() or {}
-    return {k: json.loads(v) if k.startswith("toy_world.") else v for k, v in meta.items()}
+    return {k: json.loads(v) if k == "toy_world" else v for k, v in meta.items()}
 
 
 def sigma_table(model) -> torch.Tensor:

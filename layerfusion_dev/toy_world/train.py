@@ -236,6 +236,12 @@ def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, step
     return losses
 
 
+def metadata(seed: int, base_steps: int, fg_steps: int) -> dict[str, str]:
+    """The files' metadata: one key (safetensors writes several keys in no fixed order, which would change the hashes)."""
+    return {"toy_world": json.dumps({"seed": seed, "base_steps": base_steps, "fg_steps": fg_steps, "lora_rank": LORA_RANK},
+                                    sort_keys=True)}
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -289,10 +295,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import safetensors.torch
 
-    meta = {"toy_world.seed": json.dumps(args.seed), "toy_world.base_steps": json.dumps(args.base_steps),
-            "toy_world.fg_steps": json.dumps(args.fg_steps), "toy_world.lora_rank": json.dumps(LORA_RANK)}
+    meta = metadata(args.seed, args.base_steps, args.fg_steps)
     models.save_checkpoint(args.out / models.CHECKPOINT, model, clip, vae, meta)
-    safetensors.torch.save_file(lora.layerdiffuse_tensors(), str(args.out / models.FG_LORA), metadata=meta)
+    safetensors.torch.save_file(dict(sorted(lora.layerdiffuse_tensors().items())), str(args.out / models.FG_LORA), metadata=meta)
     hashes = {name: sha256(args.out / name) for name in (models.CHECKPOINT, models.FG_LORA)}
     (args.out / "hashes.json").write_text(json.dumps(hashes, indent=1) + "\n")
     log.info("toy world: wrote %s in %.0f s", ", ".join(f"{k} ({(args.out / k).stat().st_size / 1e6:.1f} MB)" for k in hashes),

@@ -98,3 +98,15 @@ def test_layout_marker_matches_the_pack():
     from layerfusion_dev.testnodes import layout
 
     assert layout.LAYERED_KEY == LAYERED_KEY
+
+
+@needs_files
+def test_files_match_their_recorded_hashes_and_metadata():
+    import hashlib
+    import json
+
+    recorded = json.loads((toy_models.FILES / "hashes.json").read_text())
+    assert recorded == {name: hashlib.sha256((toy_models.FILES / name).read_bytes()).hexdigest()
+                        for name in (toy_models.CHECKPOINT, toy_models.FG_LORA)}
+    meta = toy_models.read_metadata(toy_models.FILES / toy_models.FG_LORA)["toy_world"]
+    assert set(meta) == {"seed", "base_steps", "fg_steps", "lora_rank"}
