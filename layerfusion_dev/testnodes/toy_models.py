@@ -29,7 +29,6 @@ ComfyUI's own detection of the UNet's config from the file, its SDXL model confi
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -279,11 +278,3 @@ def encode_prompts(clip, prompts: list[str]) -> dict[str, tuple[torch.Tensor, to
         cond, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
         out[prompt] = (cond[0].float(), pooled[0].float())
     return out
-
-
-def param_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def latent_size(picture_size: int) -> int:
-    return math.ceil(picture_size / 8)

@@ -72,12 +72,6 @@ def background_prompt(colour: str, pattern: str) -> str:
     return f"plain {colour} background" if pattern == "plain" else f"{colour} {pattern} background"
 
 
-def vocabulary() -> list[str]:
-    """Every word the grammar uses."""
-    words = {"a", "on", "background", *OBJECT_COLOURS, *BACKGROUND_COLOURS, *SHAPES, *PATTERNS}
-    return sorted(words)
-
-
 def all_prompts() -> list[str]:
     """Every prompt of the grammar (foregrounds, backgrounds, composites), sorted; plus the empty prompt."""
     fgs = [f"a {c} {s}" for c in OBJECT_COLOURS for s in SHAPES]

@@ -25,7 +25,7 @@ import torch
 
 from ..paths import REPO
 from ..testnodes import toy_models as models
-from . import scenes
+from . import scenes, states
 
 log = logging.getLogger("layerfusion.toy_world")
 CACHE = REPO / ".cache" / "toy_world"
@@ -170,42 +170,6 @@ class LoRA(torch.nn.Module):
         return out
 
 
-def _save_state(path: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, step: int) -> None:
-    import safetensors.torch
-
-    tensors = {f"param.{k}": v.detach().contiguous() for k, v in params.items()}
-    names = list(params)
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            tensors[f"opt.{names[index]}.{key}"] = value.detach().reshape(-1).contiguous() if value.ndim == 0 else value.contiguous()
-    tmp = path.with_suffix(".tmp")
-    safetensors.torch.save_file(tensors, str(tmp), metadata={"step": str(step)})
-    tmp.replace(path)
-
-
-def _load_state(path: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
-    import safetensors
-    import safetensors.torch
-
-    if not path.is_file():
-        return 0
-    with safetensors.safe_open(str(path), "pt") as handle:
-        step = int(handle.metadata()["step"])
-    tensors = safetensors.torch.load_file(str(path))
-    names = list(params)
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(tensors[f"param.{name}"])
-    state = optimizer.state_dict()
-    for index, name in enumerate(names):
-        entry = {key[len(f"opt.{name}."):]: value for key, value in tensors.items() if key.startswith(f"opt.{name}.")}
-        if entry:
-            entry["step"] = entry["step"].reshape(())
-            state["state"][index] = entry
-    optimizer.load_state_dict(state)
-    return step
-
-
 def run_key(*parts: object) -> str:
     """What a saved training state belongs to: ``parts`` (the stage's data and settings)."""
     blob = b"".join(p.numpy().tobytes() if isinstance(p, torch.Tensor) else repr(p).encode() for p in parts)
@@ -218,7 +182,7 @@ def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, step
 
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
     state_path = CACHE / f"{stage}_{seed}_{key}_state.safetensors"
-    start = _load_state(state_path, params, optimizer)
+    start = states.load(state_path, params, optimizer)
     losses = []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"toy world: {stage}", unit="step")
     for step in bar:
@@ -232,7 +196,7 @@ def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, step
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
         if (step + 1) % SAVE_EVERY == 0 or step + 1 == steps:
-            _save_state(state_path, params, optimizer, step + 1)
+            states.save(state_path, params, optimizer, step + 1)
     return losses
 
 
