@@ -6,7 +6,7 @@ VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
 DOWNLOAD_ARGS ?= --list
 
-.PHONY: setup browser lint test test-all test-unit test-integration test-e2e demo toy-world toy-measure bench bench-gpu serve download clean
+.PHONY: setup browser lint test test-all test-unit test-integration test-e2e demo toy-world toy-measure toy-probe bench bench-gpu serve download clean
 
 setup:
 	@$(PYTHON) -m layerfusion_dev.bootstrap setup
@@ -36,12 +36,15 @@ demo: setup
 	$(VENV_PY) -m layerfusion_dev.demo $(DEMO_ARGS)
 
 # The toy world (layerfusion_dev/toy_world): train its files (seeded, resumable, under 45 minutes on 2 cores),
-# and measure LayerFusion on it against blending off (bench/toy_world/).
+# measure LayerFusion on it against blending off (bench/toy_world/), and see where its priors sit per block (probe).
 toy-world: setup
 	$(VENV_PY) -m layerfusion_dev.toy_world.train $(TOY_ARGS)
 
 toy-measure: setup
 	$(VENV_PY) -m layerfusion_dev.toy_world.measure $(TOY_ARGS)
+
+toy-probe: setup
+	$(VENV_PY) -m layerfusion_dev.toy_world.probe $(TOY_ARGS)
 
 bench: setup
 	$(VENV_PY) -m layerfusion_dev.bench $(BENCH_ARGS)

@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--set", action="append", default=[], help="a LayerFusion Apply input, e.g. --set prior_at=0.5")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "toy_world")
+    parser.add_argument("--checkpoint", type=Path, default=toy_models.FILES / toy_models.CHECKPOINT)
+    parser.add_argument("--lora", type=Path, default=toy_models.FILES / toy_models.FG_LORA)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from ..host import import_comfy
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, value = item.split("=", 1)
         settings[key] = type(DEFAULTS[key])(value) if key in DEFAULTS and not isinstance(DEFAULTS[key], bool) else value == "True" if key in DEFAULTS else value
-    toy = Toy()
+    toy = Toy(args.checkpoint, args.lora)
     from tqdm import tqdm
 
     bar = tqdm(total=args.seeds, desc="toy world: measure", unit="seed")

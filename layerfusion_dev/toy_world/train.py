@@ -89,6 +89,11 @@ class Conditioner:
         self.context = {p: c for p, (c, _) in encoded.items()}
         self.y = {p: model.model.encode_adm(pooled_output=pooled[None])[0].float() for p, (_, pooled) in encoded.items()}
 
+    def fingerprint(self) -> torch.Tensor:
+        """Every prompt's context and ``y``: what a saved state also depends on (the text encoder)."""
+        return torch.cat([torch.stack([self.context[p] for p in sorted(self.context)]).flatten(),
+                          torch.stack([self.y[p] for p in sorted(self.y)]).flatten()])
+
     def batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.stack([self.context[p] for p in prompts]), torch.stack([self.y[p] for p in prompts])
 
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return v_loss(model, latents, *conditioner.batch(prompts), gen)
 
     base_key = run_key(world.fg_grey, world.bg, world.blend, world.fg_prompts, world.bg_prompts, world.blend_prompts,
-                       args.seed, args.base_steps, BATCH, ROLES, DROP_PROMPT, BASE_LR, models.unet_config())
+                       args.seed, args.base_steps, BATCH, ROLES, DROP_PROMPT, BASE_LR, models.unet_config(),
+                       conditioner.fingerprint())
     train_stage("base", params, base_loss, args.base_steps, args.seed, lr=BASE_LR, key=base_key)
     for p in unet.parameters():
         p.requires_grad_(False)

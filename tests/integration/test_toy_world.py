@@ -110,3 +110,29 @@ def test_files_match_their_recorded_hashes_and_metadata():
                         for name in (toy_models.CHECKPOINT, toy_models.FG_LORA)}
     meta = toy_models.read_metadata(toy_models.FILES / toy_models.FG_LORA)["toy_world"]
     assert set(meta) == {"seed", "base_steps", "fg_steps", "lora_rank"}
+
+
+@needs_files
+def test_probe_reads_both_priors_in_every_transformer_block():
+    """`toy_world.probe` (the per-block diagnostics in the README): every block of the toy UNet at every
+    noise level, IoUs and the EOS share in [0, 1]; the LoRA it merges is the file's up @ down."""
+    import safetensors.torch
+
+    from layerfusion_dev.toy_world import probe
+
+    model, clip, _ = toy_models.load_checkpoint(toy_models.FILES / toy_models.CHECKPOINT)
+    unet = model.model.diffusion_model
+    name = "output_blocks.5.1.transformer_blocks.1.attn2.to_k"
+    before = dict(unet.named_modules())[name].weight.detach().clone()
+    probe.merge_lora(unet, toy_models.FILES / toy_models.FG_LORA)
+    tensors = safetensors.torch.load_file(str(toy_models.FILES / toy_models.FG_LORA))
+    up, down = (tensors[f"diffusion_model.{name}.weight::lora::{i}"].float() for i in (0, 1))
+    assert torch.allclose(dict(unet.named_modules())[name].weight, before + up @ down, atol=1e-6)
+    assert probe.block_name(name.rsplit(".", 1)[0]) == "output 5 1"
+    result = probe.probe(model, clip, transparent=True, count=2)
+    blocks = {block for block, _ in result}
+    assert len(blocks) == 22 and "output 5 1" in blocks and "middle 0 1" in blocks
+    assert {sigma for _, sigma in result} == set(probe.SIGMAS)
+    for values in result.values():
+        assert all(0.0 <= values[k] <= 1.0 for k in ("c_iou", "c_mean", "s_iou")), values
+    assert "| output 5 1 |" in probe.report(result)
