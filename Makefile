@@ -42,6 +42,7 @@ toy-world: setup
 
 toy-measure: setup
 	$(VENV_PY) -m layerfusion_dev.toy_world.measure $(TOY_ARGS)
+	$(VENV_PY) -m layerfusion_dev.toy_world.measure --toy-settings --out bench/toy_world/toy_settings $(TOY_ARGS)
 
 toy-probe: setup
 	$(VENV_PY) -m layerfusion_dev.toy_world.probe $(TOY_ARGS)

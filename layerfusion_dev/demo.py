@@ -21,6 +21,7 @@ from pathlib import Path
 
 from layerfusion_dev.comfy_server import ComfyServer, ServerError  # noqa: E402
 from layerfusion_dev.paths import REPO, comfyui_dir  # noqa: E402
+from layerfusion_dev.testnodes.toy_models import APPLY_SETTINGS as TOY_APPLY  # noqa: E402
 from layerfusion_dev.testnodes.toy_models import CHECKPOINT as TOY_CHECKPOINT  # noqa: E402
 from layerfusion_dev.testnodes.toy_models import FG_LORA as TOY_LORA  # noqa: E402
 from layerfusion_dev.testnodes.toy_models import FILES as TOY_FILES  # noqa: E402
@@ -28,7 +29,6 @@ from layerfusion_dev.workflows import layer_model_files, load_api, on_tiny_model
 
 WORKFLOW = "layerfusion"
 LAYERED_WORKFLOW = "layerfusion_layered_file"
-TOY_APPLY: dict = {}  # LayerFusion Apply inputs for the toy world (measured: layerfusion_dev/toy_world/measure.py)
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft")
 
 

@@ -107,6 +107,11 @@ class LayerFusionApply(io.ComfyNode):
                                 tooltip="Advanced: the transformer block whose self-attention gives the structure prior, as "
                                         "'input|middle|output <id> <index>'. Default: SDXL's last, output 5 1 (on a model "
                                         "without it, that model's last). Taken at prior_at."),
+                io.Float.Input("norm_quantile", default=1.0, min=0.5, max=1.0, step=0.01, optional=True, **advanced(),
+                               tooltip="Advanced: the soft mask's normalisation tops out at this quantile of s' * c. 1.0: at its "
+                                       "max (min-max, as the method states). Below 1 (e.g. 0.9): every token above it is 1, so a "
+                                       "few bright outliers (a border row) cannot push the object under the hard mask's 0.5; "
+                                       "at least 1 - norm_quantile of the picture is then fully masked."),
             ],
             outputs=[io.Model.Output(tooltip="The model with LayerFusion.")],
         )
@@ -114,7 +119,7 @@ class LayerFusionApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, d: float, prior_at: float, prior_mode: str, blend_start: float, blend_end: float,
                 bg_mode: str, blend_blend: bool, blend_fg: bool, blend_bg: bool,
-                structure_block: str = STRUCTURE_DEFAULT) -> io.NodeOutput:
+                structure_block: str = STRUCTURE_DEFAULT, norm_quantile: float = 1.0) -> io.NodeOutput:
         require_sdxl(APPLY, model)
         if blend_end < blend_start:
             raise node_error(APPLY, "blend_end", f"{blend_end} is before blend_start {blend_start}", "Make blend_end >= blend_start.")
@@ -125,6 +130,7 @@ class LayerFusionApply(io.ComfyNode):
         settings = FusionSettings(
             d=d, prior_at=prior_at, prior_mode=PriorMode(prior_mode), blend_start=blend_start, blend_end=blend_end,
             bg_mode=BgMode(bg_mode), switches=BlendSwitches(blend=blend_blend, fg=blend_fg, bg=blend_bg), structure_block=block,
+            norm_quantile=norm_quantile,
         )
         try:
             return io.NodeOutput(apply_layerfusion(model, settings))

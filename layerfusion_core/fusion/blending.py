@@ -10,7 +10,7 @@ import enum
 
 import torch
 
-from .priors import minmax_norm
+from .priors import quantile_norm
 
 
 class BgMode(str, enum.Enum):
@@ -31,10 +31,12 @@ class BlendSwitches:
         return self.blend or self.fg or self.bg
 
 
-def masks(structure: torch.Tensor, content: torch.Tensor | None, d: float) -> tuple[torch.Tensor, torch.Tensor]:
+def masks(structure: torch.Tensor, content: torch.Tensor | None, d: float,
+          norm_quantile: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``soft = norm(s' * c)`` and ``hard = sigmoid(d * (soft - 0.5))``, each ``[S, M]`` in [0, 1].
-    With no content map yet (``None``), ``c = 1``."""
-    soft = minmax_norm(structure if content is None else structure * content)
+    With no content map yet (``None``), ``c = 1``. ``norm`` is min-max; below 1, ``norm_quantile``
+    puts its top at that quantile of the map instead of its max (`priors.quantile_norm`)."""
+    soft = quantile_norm(structure if content is None else structure * content, norm_quantile)
     return soft, torch.sigmoid(d * (soft - 0.5))
 
 

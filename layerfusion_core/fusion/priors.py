@@ -22,6 +22,18 @@ def minmax_norm(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return (x - lo) / (hi - lo + eps)
 
 
+def quantile_norm(x: torch.Tensor, quantile: float, eps: float = EPS) -> torch.Tensor:
+    """Min-max with the top at ``quantile`` of the last axis instead of its max, clamped to [0, 1]:
+    ``clamp((x - min) / (q(x) - min + eps), 0, 1)``; the tokens above the quantile all map to 1, so a
+    few outliers (a bright border row) no longer set the scale. ``quantile >= 1`` is `minmax_norm`
+    exactly."""
+    if quantile >= 1.0:
+        return minmax_norm(x, eps)
+    lo = x.amin(dim=-1, keepdim=True)
+    hi = torch.quantile(x.float(), quantile, dim=-1, keepdim=True).to(x.dtype)
+    return ((x - lo) / (hi - lo + eps)).clamp(0.0, 1.0)
+
+
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     s, m, hd = x.shape
     return x.view(s, m, heads, hd // heads).transpose(1, 2)  # [S, heads, M, dim]

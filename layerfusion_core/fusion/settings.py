@@ -25,3 +25,4 @@ class FusionSettings:
     bg_mode: BgMode = BgMode.BG_FROM_BL
     switches: BlendSwitches = BlendSwitches()
     structure_block: BlockKey = ("output", 5, 1)  # the last self-attention block (SDXL)
+    norm_quantile: float = 1.0  # the soft mask's norm() tops out at this quantile of s' * c (1: min-max)

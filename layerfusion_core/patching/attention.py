@@ -94,7 +94,7 @@ class BlendOutput:
         if grid not in call.structure:
             call.structure[grid] = priors.resize_map(run.prior, run.prior_grid, grid)
         content = call.content.get(key) if self.kind == "attn2" else run.last_content.get(key)
-        soft, hard = blending.masks(call.structure[grid], content, run.settings.d)
+        soft, hard = blending.masks(call.structure[grid], content, run.settings.d, run.settings.norm_quantile)
         run.record_blend(self.kind, key, grid, soft if self.kind == "attn2" else None)
         streams = stream_view(n, call.rows.selector)  # [chunks, sets, 3, M, D]: each chunk with the same masks
         fg, bg, bl = (streams[:, :, int(s)] for s in (Stream.FG, Stream.BG, Stream.BLEND))

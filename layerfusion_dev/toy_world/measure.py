@@ -55,7 +55,10 @@ class Case:
         return fg, bg, f"{fg} on {bg}"
 
 
-def cases(count: int, seed: int = 1000) -> list[Case]:
+FIRST_SEED = 1000
+
+
+def cases(count: int, seed: int = FIRST_SEED) -> list[Case]:
     specs = scenes.draw_specs(count, torch.Generator().manual_seed(seed))
     return [Case(seed + i, s.colour, s.shape, s.bg_colour, s.pattern) for i, s in enumerate(specs)]
 
@@ -187,6 +190,8 @@ def table(on: dict[str, tuple[float, float]], off: dict[str, tuple[float, float]
         (m_on, s_on), (m_off, s_off) = on[claim], off[claim]
         if m_off != m_off:
             better = "n/a"
+        elif abs(m_on - m_off) < 5e-4:
+            better = "same"
         else:
             better = "on" if ((m_on < m_off) if claim in BETTER_LOW else (m_on > m_off)) else "off"
         lines.append(f"| {claim} | {m_on:.3f} ± {s_on:.3f} | {m_off:.3f} ± {s_off:.3f} | {better} |")
@@ -215,9 +220,9 @@ def picture(runs: list[tuple[Run, Run]], path: Path) -> None:
 
 
 def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, Any], picture_path: Path | None = None,
-            on_case=None) -> dict[str, Any]:
+            on_case=None, first_seed: int = FIRST_SEED) -> dict[str, Any]:
     on_rows, off_rows, shown, on_runs = [], [], [], []
-    for case in cases(count):
+    for case in cases(count, first_seed):
         on = toy.run(case, settings, steps=steps, cfg=cfg, blend=True)
         off = toy.run(case, settings, steps=steps, cfg=cfg, blend=False)
         on_rows.append(claims(case, on))
@@ -229,19 +234,22 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
             on_case(case, on_rows[-1], off_rows[-1])
     if picture_path is not None:
         picture(shown, picture_path)
-    return {"cases": [dataclasses.asdict(c) for c in cases(count)], "on": on_rows, "off": off_rows,
+    return {"cases": [dataclasses.asdict(c) for c in cases(count, first_seed)], "on": on_rows, "off": off_rows,
             "summary_on": summarise(on_rows), "summary_off": summarise(off_rows), "blocks": block_report(on_runs)}
 
 
 DEFAULTS = {"d": 10.0, "prior_at": 0.8, "prior_mode": "prior_pass", "blend_start": 0.0, "blend_end": 1.0, "bg_mode": "bg_from_bl",
-            "blend_blend": True, "blend_fg": True, "blend_bg": True}
+            "blend_blend": True, "blend_fg": True, "blend_bg": True, "norm_quantile": 1.0}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--first-seed", type=int, default=FIRST_SEED, help="another value draws other cases (held out)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--toy-settings", action="store_true",
+                        help=f"start from the toy model's own LayerFusion Apply inputs ({toy_models.APPLY_SETTINGS}) instead of the defaults")
     parser.add_argument("--set", action="append", default=[], help="a LayerFusion Apply input, e.g. --set prior_at=0.5")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "toy_world")
     parser.add_argument("--checkpoint", type=Path, default=toy_models.FILES / toy_models.CHECKPOINT)
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..host import import_comfy
 
     import_comfy(cpu=True)
-    settings = dict(DEFAULTS)
+    settings = {**DEFAULTS, **(toy_models.APPLY_SETTINGS if args.toy_settings else {})}
     for item in args.set:
         key, value = item.split("=", 1)
         settings[key] = type(DEFAULTS[key])(value) if key in DEFAULTS and not isinstance(DEFAULTS[key], bool) else value == "True" if key in DEFAULTS else value
@@ -259,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=args.seeds, desc="toy world: measure", unit="seed")
-    result = measure(toy, args.seeds, args.steps, args.cfg, settings, args.out / "on_off.png", lambda *_: bar.update())
+    result = measure(toy, args.seeds, args.steps, args.cfg, settings, args.out / "on_off.png", lambda *_: bar.update(),
+                     args.first_seed)
     bar.close()
     result["settings"] = settings
-    result["steps"], result["cfg"] = args.steps, args.cfg
+    result["steps"], result["cfg"], result["first_seed"] = args.steps, args.cfg, args.first_seed
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     text = table(result["summary_on"], result["summary_off"], args.seeds)

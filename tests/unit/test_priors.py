@@ -62,6 +62,39 @@ def test_masks_follow_the_equations():
     assert torch.allclose(soft_only, priors.minmax_norm(s))
 
 
+def naive_quantile(values: list[float], q: float) -> float:
+    """The q-quantile with linear interpolation between the two nearest ranks (torch's and numpy's default)."""
+    ordered = sorted(values)
+    rank = q * (len(ordered) - 1)
+    below = int(rank)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (rank - below) * (ordered[above] - ordered[below])
+
+
+@pytest.mark.parametrize("q", [0.5, 0.8, 0.9, 0.97])
+def test_quantile_norm_tops_out_at_the_quantile(q):
+    x = torch.rand(2, 40, generator=gen(6))
+    x[:, 3] = 25.0  # one bright outlier (a border token): min-max would put every other token near 0
+    got = priors.quantile_norm(x, q)
+    for img in range(2):
+        values = [float(v) for v in x[img]]
+        lo, hi = min(values), naive_quantile(values, q)
+        expected = [min(1.0, max(0.0, (v - lo) / (hi - lo + priors.EPS))) for v in values]
+        assert torch.allclose(got[img].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6)
+        assert float((got[img] >= 1.0 - 1e-6).float().mean()) >= 1.0 - q - 1 / 40  # the top share is all 1
+    assert float(priors.minmax_norm(x)[0].median()) < 0.05  # what the outlier does to min-max
+
+
+def test_quantile_norm_at_one_is_minmax_bit_for_bit():
+    x = torch.rand(3, 17, generator=gen(7))
+    assert torch.equal(priors.quantile_norm(x, 1.0), priors.minmax_norm(x))
+    c = torch.rand(3, 17, generator=gen(8))
+    assert all(torch.equal(a, b) for a, b in zip(blending.masks(x, c, 10.0, 1.0), blending.masks(x, c, 10.0)))
+    soft, hard = blending.masks(x, c, 10.0, 0.9)
+    assert torch.allclose(soft, priors.quantile_norm(x * c, 0.9))
+    assert torch.allclose(hard, torch.sigmoid(10.0 * (soft - 0.5)))
+
+
 def test_norm_of_a_constant_map_is_zero_not_nan():
     assert torch.equal(priors.minmax_norm(torch.full((1, 5), 3.0)), torch.zeros(1, 5))
 
