@@ -1,8 +1,8 @@
 """The shipped LayerFusion workflow on the toy world's trained files, through the real server: the
 checkpoint opened by ComfyUI's own loading code, the foreground LoRA by LayerFusion LoRA Apply from
 layer_model, and pictures with real shapes (an object in a transparent foreground layer, the object in
-the composite). What the toy world measures about them is in the README (the background stream takes
-the object there, so that is not asserted)."""
+the composite where the foreground's is, the background stream free of it), with the toy model's own
+LayerFusion Apply settings as `make demo` uses them. What the toy world measures is in the README."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _near(rgb: np.ndarray, colour: str) -> np.ndarray:
 
 def test_layerfusion_workflow_runs_on_the_toy_world(server):
     shutil.copyfile(toy_models.FILES / toy_models.FG_LORA, server.models_dir / "layer_model" / toy_models.FG_LORA)
-    graph = on_toy_model(load_api("layerfusion"), lora_name=toy_models.FG_LORA, steps=12)
+    graph = on_toy_model(load_api("layerfusion"), lora_name=toy_models.FG_LORA, steps=12, apply=toy_models.APPLY_SETTINGS)
     entry = server.wait(server.queue(graph), timeout=600)
     saved = {node_id: output_paths({node_id: out}, server.output_dir) for node_id, out in entry["outputs"].items()}
     with Image.open(saved["fg_save"][0]) as img:
@@ -41,5 +41,8 @@ def test_layerfusion_workflow_runs_on_the_toy_world(server):
     assert red.mean() > 0.01, "the foreground holds a red object, as prompted ('a red circle')"
     assert alpha[red].mean() > alpha[~red].mean() + 0.08, "the object is opaquer than its surroundings"
     assert (alpha < 0.2).mean() > 0.3, "most of the foreground layer is transparent"
-    assert _near(blend, "red").mean() > 0.01, "the composite shows the red object"
+    blend_red = _near(blend, "red")
+    assert blend_red.mean() > 0.01, "the composite shows the red object"
+    assert (blend_red & (alpha > 0.2)).sum() > 0.5 * blend_red.sum(), "the composite's object lies where the foreground's is"
     assert bg.shape == (256, 256, 3)
+    assert _near(bg, "red").mean() < 0.002, "the background stream has no object"
