@@ -168,10 +168,10 @@ def test_masks_are_in_unit_range_with_each_blocks_token_count(fg_lora_model, con
 def test_norm_quantile_reaches_every_blend(fg_lora_model, conds):
     """norm_quantile 0.75: each recorded soft mask has at least a quarter of its tokens at 1 (min-max: only its peak),
     and the run differs from the default one; 1.0 is the default run bit for bit."""
-    default = sample(apply(fg_lora_model), conds, rows=6, size=16)
-    assert torch.equal(sample(apply(fg_lora_model, norm_quantile=1.0), conds, rows=6, size=16), default)
+    default = sample(apply(fg_lora_model), conds, rows=3, size=16)
+    assert torch.equal(sample(apply(fg_lora_model, norm_quantile=1.0), conds, rows=3, size=16), default)
     model = apply(fg_lora_model, norm_quantile=0.75)
-    assert not torch.equal(sample(model, conds, rows=6, size=16), default)
+    assert not torch.equal(sample(model, conds, rows=3, size=16), default)
     for soft in record(model).soft.values():
         top_share = (soft.flatten(1) >= 1.0 - 1e-6).float().mean(dim=1)
         assert bool((top_share >= 0.25 - 1.0 / soft[0].numel()).all()), top_share
