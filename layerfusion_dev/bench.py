@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -31,6 +32,8 @@ from pathlib import Path
 from layerfusion_dev import bench_cases
 from layerfusion_dev.bench_cases import Size
 from layerfusion_dev.paths import REPO
+
+log = logging.getLogger("layerfusion.bench")
 
 DEFAULTS = {
     "sdxl": Size(arch="sdxl", latent=16, steps=3, repeats=3, rank=256, decode_size=128, prior_tokens=4096),
@@ -185,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-readme", action="store_true", help="leave README.md's table as it is")
     parser.add_argument("--case", choices=ARCH_CASES + SHARED_CASES, help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     arches = list(DEFAULTS) if args.arch == "both" else [args.arch]
     sizes = {arch: bench_cases.size_from_args(args, DEFAULTS[arch]) for arch in DEFAULTS}
     if args.case:
-        print(json.dumps(run_case(args.case, sizes[arches[0] if args.case in ARCH_CASES else SHARED_SIZE])))
+        sys.stdout.write(json.dumps(run_case(args.case, sizes[arches[0] if args.case in ARCH_CASES else SHARED_SIZE])) + "\n")  # to the parent
         return 0
     if args.again:
         plan = [(*item.split(":", 1), "")[:2] for item in args.again]
@@ -205,14 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(arch, case) for arch in arches for case in ARCH_CASES if case in chosen]
         plan += [(SHARED_SIZE, case) for case in SHARED_CASES if case in chosen]
     for arch, case in plan:
-        print(f"[bench] {arch}: {case}", file=sys.stderr, flush=True)
+        log.info("[bench] %s: %s", arch, case)
         shared = case in SHARED_CASES
         size = sizes[SHARED_SIZE if shared else arch]
         results["sizes"]["shared" if shared else arch] = dataclasses.asdict(size)
         (results["shared"] if shared else results["arch"].setdefault(arch, {}))[case] = run_in_subprocess(case, size)
     results["sizes"].setdefault("shared", dataclasses.asdict(sizes[SHARED_SIZE]))
     text = markdown(results)
-    print(text)
+    sys.stdout.write(text + "\n")  # the result table: the command's output
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     if not args.no_readme:

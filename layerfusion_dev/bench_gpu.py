@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args.device, dataclasses.replace(bench_cases.size_from_args(args, DEFAULT), arch=args.arch))
     text = markdown(results)
-    print(text)
+    sys.stdout.write(text + "\n")  # the result table: the command's output
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_gpu.json").write_text(json.dumps({**results, "table": table(results)}, indent=1) + "\n")
     (args.out / "bench_gpu.md").write_text(text + "\n")

@@ -9,14 +9,18 @@ Run after editing a twin:
 from __future__ import annotations
 
 import json
+import logging
 
 from layerfusion_dev.comfy_server import ComfyServer  # noqa: E402
 from layerfusion_dev.host import import_comfy  # noqa: E402
 from layerfusion_dev.ui_workflows import api_to_ui  # noqa: E402
 from layerfusion_dev.workflows import API_DIR  # noqa: E402
 
+log = logging.getLogger("layerfusion.build_workflows")
+
 
 def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     with ComfyServer(test_nodes=False) as server:
         info = server.object_info()
     import_comfy()  # the emulated schemas of ComfyUI's own layer nodes, where this host has none
@@ -27,7 +31,7 @@ def main() -> int:
         ui = api_to_ui(json.loads(twin.read_text()), info)
         target = API_DIR.parent / twin.name
         target.write_text(json.dumps(ui, indent=1) + "\n")
-        print(f"wrote {target.relative_to(API_DIR.parent.parent)}")
+        log.info("wrote %s", target.relative_to(API_DIR.parent.parent))
     return 0
 
 

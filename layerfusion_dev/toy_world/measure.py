@@ -222,7 +222,8 @@ def picture(runs: list[tuple[Run, Run]], path: Path) -> None:
 def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, Any], picture_path: Path | None = None,
             on_case=None, first_seed: int = FIRST_SEED) -> dict[str, Any]:
     on_rows, off_rows, shown, on_runs = [], [], [], []
-    for case in cases(count, first_seed):
+    drawn = cases(count, first_seed)
+    for case in drawn:
         on = toy.run(case, settings, steps=steps, cfg=cfg, blend=True)
         off = toy.run(case, settings, steps=steps, cfg=cfg, blend=False)
         on_rows.append(claims(case, on))
@@ -234,7 +235,7 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
             on_case(case, on_rows[-1], off_rows[-1])
     if picture_path is not None:
         picture(shown, picture_path)
-    return {"cases": [dataclasses.asdict(c) for c in cases(count, first_seed)], "on": on_rows, "off": off_rows,
+    return {"cases": [dataclasses.asdict(c) for c in drawn], "on": on_rows, "off": off_rows,
             "summary_on": summarise(on_rows), "summary_off": summarise(off_rows), "blocks": block_report(on_runs)}
 
 
