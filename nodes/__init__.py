@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .background import LayerFusionBackground
 from .fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from .latent import LayerFusionEmptyLatent, LayerFusionSplit
 from .layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
@@ -18,6 +19,7 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionSplit,
     LayerFusionApply,
     LayerFusionMasks,
+    LayerFusionBackground,
     LayerFusionLoraApply,
     LayerFusionTransparentDecode,
     LayerFusionTransparentEncode,

@@ -37,6 +37,7 @@ class MaskRecord:
     joint_calls: int
     blend_calls: int
     blended: frozenset[tuple[str, BlockKey]]  # (attn1 | attn2, block) where a blend ran
+    band: torch.Tensor | None = None  # [N, h, w]: the last band the composite was free in (LayerFusion Background)
 
 
 class RecordSlot:
@@ -88,6 +89,7 @@ class FusionRun:
     extraction_step: int | None = None
     extraction_phase: Phase | None = None
     soft: dict[tuple[BlockKey, int], torch.Tensor] = dataclasses.field(default_factory=dict)
+    band: torch.Tensor | None = None  # the last band of the composite's hold (photo.hold_band)
 
     def begin_call(self, sigma: float) -> tuple[bool, bool]:
         """Start a UNet call at ``sigma``: returns (extract the prior in it, blend in it)."""
@@ -133,4 +135,5 @@ class FusionRun:
             soft=dict(self.soft), extractions=self.extractions, extraction_step=self.extraction_step,
             extraction_phase=self.extraction_phase, prior_pass_calls=self.calls[Phase.PRIOR_PASS],
             joint_calls=self.calls[Phase.JOINT], blend_calls=self.blend_calls, blended=frozenset(self.blended),
+            band=None if self.band is None else self.band.detach().float().cpu(),
         )

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 
 from .blending import BgMode, BlendSwitches
+from .photo import PhotoHold
 
 BlockKey = tuple[str, int, int]  # ("input" | "middle" | "output", block id, transformer index)
 
@@ -26,3 +27,4 @@ class FusionSettings:
     switches: BlendSwitches = BlendSwitches()
     structure_block: BlockKey = ("output", 5, 1)  # the last self-attention block (SDXL)
     norm_quantile: float = 1.0  # the soft mask's norm() tops out at this quantile of s' * c (1: min-max)
+    hold: PhotoHold | None = None  # the composite held to the photo outside the band (LayerFusion Background)

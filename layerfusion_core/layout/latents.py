@@ -82,3 +82,26 @@ def stream_inputs(latent: dict[str, Any], images: torch.Tensor, stream: Stream |
     if images.shape[0] != samples.shape[0]:
         raise ValueError(f"has {images.shape[0]} images for {samples.shape[0]} latent rows")
     return samples, images
+
+
+def with_photo(latent: dict[str, Any], photo: torch.Tensor, region: torch.Tensor | None = None) -> dict[str, Any]:
+    """A LayerFusion LATENT whose background and blend rows start from ``photo`` and which carries
+    ComfyUI's inpainting ``noise_mask`` (``[3N, 1, h, w]``, 1 = generate): 0 on the background rows
+    (the sampler keeps them at the photo noised to each step), ``region`` on the blend rows (1 where
+    the composite may change; everywhere when None), 1 on the foreground rows.
+
+    ``photo`` ``[1 or N, C, h, w]`` on the latent's grid; ``region`` a MASK ``[1 or N, 8h, 8w]`` in
+    pixels, averaged over each latent cell (the caller checks sizes and batches). The foreground
+    rows keep the latent's samples; an earlier ``noise_mask`` is replaced."""
+    samples = latent["samples"]
+    sets = samples.shape[0] // STREAMS_PER_SET
+    photo = photo.to(samples).expand(sets, *photo.shape[1:])
+    out_samples = samples.clone()
+    out_samples[int(Stream.BG)::STREAMS_PER_SET] = photo
+    out_samples[int(Stream.BLEND)::STREAMS_PER_SET] = photo
+    mask = torch.ones(samples.shape[0], 1, *samples.shape[-2:], dtype=torch.float32, device=samples.device)
+    mask[int(Stream.BG)::STREAMS_PER_SET] = 0.0
+    if region is not None:
+        cells = torch.nn.functional.interpolate(region.to(mask)[:, None], size=tuple(samples.shape[-2:]), mode="area")
+        mask[int(Stream.BLEND)::STREAMS_PER_SET] = cells.expand(sets, *cells.shape[1:])
+    return {**latent, "samples": out_samples, "noise_mask": mask}

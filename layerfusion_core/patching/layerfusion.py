@@ -1,5 +1,7 @@
 """LayerFusion on a ComfyUI model: `apply_layerfusion` adds, on a clone, the attention patches
-(attention.py) and a SAMPLER_SAMPLE wrapper that runs one generation.
+(attention.py), a SAMPLER_SAMPLE wrapper that runs one generation and an OUTER_SAMPLE wrapper that
+makes the rows an inpainting mask holds equal the input latent exactly; `hold_photo` (LayerFusion
+Background) adds the composite's hold to the photo.
 
 The wrapper creates the generation's `FusionRun` (its one owner of state) and hands the run's UNet
 calls a handler (``RUN_OPTION``, in the run's own copy of transformer_options, which ComfyUI hands
@@ -11,14 +13,18 @@ that every patch ran (`HookPointError` otherwise: no silent no-op); when the run
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 
 import comfy.model_patcher
 import comfy.patcher_extension
+import comfy.utils
 import torch
 
+from ..fusion import photo
 from ..fusion.run import FusionRun, Phase, RecordSlot
 from ..fusion.settings import BlockKey, FusionSettings, PriorMode
 from ..layout.rows import BatchLayoutError, Branch, RowSelector
@@ -31,6 +37,8 @@ from .options import CALL_OPTION, EOS_KEY, FUSION_OPTION, FUSION_WRAPPER_KEY, RU
 
 log = logging.getLogger(__name__)
 NODE = "LayerFusion Apply"
+BACKGROUND_NODE = "LayerFusion Background"
+HOLD_TOLERANCE = 1e-3  # a held element further than this (relative) from the input: the sampler did not hold it
 
 
 class FusionModelError(ValueError):
@@ -124,6 +132,42 @@ def _check_sampler_input(noise: torch.Tensor, model_options: dict) -> None:
         )
 
 
+@dataclasses.dataclass
+class _FinalMask:
+    """Where a run leaves the inpainting mask of its last step, for `_exact_holds`."""
+
+    mask: torch.Tensor | None = None
+
+
+_FINAL_MASK: contextvars.ContextVar[_FinalMask | None] = contextvars.ContextVar("layerfusion_final_mask", default=None)
+
+
+@dataclasses.dataclass
+class _DenoiseMasks:
+    """The run's ``denoise_mask_function``: any earlier one first, then, from the hold's start on and
+    once the prior exists, the blend rows held outside the band; remembers the joint run's last mask."""
+
+    run: FusionRun
+    sigma_hold: float | None  # the hold starts at this sigma (None: no hold)
+    previous: Callable | None
+    last: torch.Tensor | None = None
+
+    def __call__(self, sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_options: dict | None = None, **kwargs) -> torch.Tensor:
+        if self.previous is not None:
+            denoise_mask = self.previous(sigma, denoise_mask, extra_options=extra_options)
+        run = self.run
+        if run.phase is not Phase.JOINT:
+            return denoise_mask
+        hold = run.settings.hold
+        if (hold is not None and self.sigma_hold is not None and run.prior is not None and run.settings.switches.any
+                and float(sigma.max()) <= self.sigma_hold):
+            run.band = photo.hold_band(run.prior, run.prior_grid, run.last_content.get(run.settings.structure_block),
+                                       run.settings.d, run.settings.norm_quantile, tuple(denoise_mask.shape[-2:]), hold)
+            denoise_mask = photo.held_blend_rows(denoise_mask, run.band)
+        self.last = denoise_mask
+        return denoise_mask
+
+
 def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
                    *args, **kwargs):
     """SAMPLER_SAMPLE wrapper: one LayerFusion generation (the prior pass first, when chosen)."""
@@ -131,13 +175,24 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     patch: LayerFusionPatch = model_options["transformer_options"][FUSION_OPTION]
     _check_sampler_input(noise, model_options)
     settings = patch.settings
+    if settings.hold is not None and denoise_mask is None:
+        raise ValueError(
+            f"{BACKGROUND_NODE}: the model holds the composite to a photo, but the sampler's latent carries none (no "
+            "noise_mask). Connect the LATENT output of the same LayerFusion Background node to the sampler."
+        )
     sampling = guider.inner_model.model_sampling
     steps = [float(s) for s in sigmas[:-1]]
     sigma_extract = max(sampling.percent_to_sigma(1.0 - settings.prior_at), min(steps) if steps else 0.0)
     run = FusionRun(settings, _eos_index(guider), sigma_extract,
                     sampling.percent_to_sigma(settings.blend_start), sampling.percent_to_sigma(settings.blend_end))
     run_options = {**model_options["transformer_options"], RUN_OPTION: functools.partial(_fusion_call, run)}
-    extra_args = {**extra_args, "model_options": {**model_options, "transformer_options": run_options}}
+    run_model_options = {**model_options, "transformer_options": run_options}
+    denoise_masks = None
+    if denoise_mask is not None:
+        sigma_hold = None if settings.hold is None else sampling.percent_to_sigma(settings.hold.start)
+        denoise_masks = _DenoiseMasks(run, sigma_hold, model_options.get("denoise_mask_function"))
+        run_model_options["denoise_mask_function"] = denoise_masks
+    extra_args = {**extra_args, "model_options": run_model_options}
     if settings.prior_mode is PriorMode.PRIOR_PASS:
         run.phase = Phase.PRIOR_PASS
         try:
@@ -151,7 +206,39 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     if steps:
         _check_fusion_ran(run, patch.keys, Phase.JOINT)
         patch.records.publish(run.record())
+    final = _FINAL_MASK.get()
+    if final is not None and denoise_masks is not None:
+        final.mask = denoise_masks.last
     return out
+
+
+def _exact_holds(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: where the last step's inpainting mask is 0, the output is the input
+    latent itself (the sampler's own result there differs from it by float rounding only; a larger
+    difference means the sampler did not hold those elements, and is logged)."""
+    if denoise_mask is None:
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
+    final = _FinalMask()
+    token = _FINAL_MASK.set(final)
+    try:
+        out = executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
+    finally:
+        _FINAL_MASK.reset(token)
+    mask = final.mask if final.mask is not None else comfy.utils.reshape_mask(denoise_mask, out.shape)
+    if tuple(mask.shape) != tuple(out.shape) or tuple(latent_image.shape) != tuple(out.shape):
+        log.warning("%s: the inpainting mask %s or the input %s does not match the sampler's output %s; held rows "
+                    "are left as the sampler made them", NODE, tuple(mask.shape), tuple(latent_image.shape), tuple(out.shape))
+        return out
+    held = (mask == 0).to(out.device)
+    if not bool(held.any()):
+        return out
+    source = latent_image.to(device=out.device, dtype=out.dtype)
+    drift = float((out - source).abs().masked_select(held).max())
+    scale = 1.0 + float(source.abs().masked_select(held).max())
+    if drift > HOLD_TOLERANCE * scale:
+        log.warning("%s: the sampler moved held latent elements by up to %.3g (it may ignore inpainting masks); they are "
+                    "set back to the input latent", NODE, drift)
+    return torch.where(held, source, out)
 
 
 def _own_record_slot(original: comfy.model_patcher.ModelPatcher, clone: comfy.model_patcher.ModelPatcher, *args, **kwargs) -> None:
@@ -184,6 +271,9 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
     kind = comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE
     patched.remove_wrappers_with_key(kind, FUSION_WRAPPER_KEY)
     patched.add_wrapper_with_key(kind, FUSION_WRAPPER_KEY, _fusion_sample)
+    outer = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+    patched.remove_wrappers_with_key(outer, FUSION_WRAPPER_KEY)
+    patched.add_wrapper_with_key(outer, FUSION_WRAPPER_KEY, _exact_holds)
     patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLONE, FUSION_WRAPPER_KEY, _own_record_slot)
     log.info("LayerFusion on %d transformer blocks; structure prior from %s; %s", len(keys), settings.structure_block, settings)
     return patched
@@ -204,4 +294,16 @@ def _structure_block(wanted: BlockKey, keys: list[BlockKey]) -> BlockKey:
 
 def fusion_patch(model: comfy.model_patcher.ModelPatcher) -> LayerFusionPatch | None:
     return transformer_option(model, FUSION_OPTION)
+
+
+def hold_photo(model: comfy.model_patcher.ModelPatcher, hold: photo.PhotoHold | None) -> comfy.model_patcher.ModelPatcher:
+    """A clone of a LayerFusion ``model`` whose runs hold the composite to the photo as ``hold``
+    says (None: the composite is free; the background rows are held by the latent's mask anyway).
+    Raises `FusionModelError` for a model without LayerFusion Apply."""
+    if fusion_patch(model) is None:
+        raise FusionModelError("has no LayerFusion Apply", "Connect the model from LayerFusion Apply.")
+    held = model.clone()  # its own record slot, from the clone callback
+    patch = fusion_patch(held)
+    set_transformer_option(held, FUSION_OPTION, dataclasses.replace(patch, settings=dataclasses.replace(patch.settings, hold=hold)))
+    return held
 
