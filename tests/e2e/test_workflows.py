@@ -26,7 +26,7 @@ FLUX_FILE_INPUTS = {"UNETLoader": ["unet_name"], "DualCLIPLoader": ["clip_name1"
 def test_all_four_workflows_ship():
     assert TWINS == ["flux_transparent", "layerdiffuse_bg_blend_fg", "layerdiffuse_fg_blend_bg", "layerfusion",
                      "layerfusion_bg_style_lora", "layerfusion_create_layered_image", "layerfusion_layered_file",
-                     "transparent_foreground", "transparent_img2img"]
+                     "layerfusion_own_background", "transparent_foreground", "transparent_img2img"]
     assert all((API_DIR.parent / f"{name}.json").is_file() for name in TWINS)
 
 
@@ -35,6 +35,8 @@ def put_input_image(server) -> None:
     rgba[..., :3] = (200, 120, 40)
     rgba[24:72, 32:64, 3] = 255
     Image.fromarray(rgba, "RGBA").save(server.base / "input" / "transparent_input.png")
+    photo = np.random.default_rng(0).integers(0, 256, (80, 112, 3), dtype=np.uint8)  # another size: the workflow scales it
+    Image.fromarray(photo, "RGB").save(server.base / "input" / "photo.png")
 
 
 def skip_without_native_layer_nodes(server, graph: dict) -> None:
