@@ -9,13 +9,16 @@
 - `place` and `composite_over`: the foreground moved and scaled over a background, with straight
   alpha in and out (the resampling itself runs on premultiplied colour, so no dark fringe).
 
-Layers are given bottom first, as editors stack them.
+Layers are given bottom first, as editors stack them. A layer has a blend mode (`light_shadow.Blend`:
+normal, multiply, addition), written as Photoshop's blend mode key and OpenRaster's composite-op,
+and applied by `merged` as the editors do on 8-bit sRGB values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import re
 import zipfile
 from pathlib import Path
@@ -26,6 +29,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import light_shadow
+from .light_shadow import NORMAL, Blend
+
+log = logging.getLogger(__name__)
 ORA_MIMETYPE = "image/openraster"
 THUMBNAIL_SIDE = 256
 FORMATS = ("psd", "ora")
@@ -33,11 +40,12 @@ FORMATS = ("psd", "ora")
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """One layer: ``pixels`` ``[H, W, 4]`` uint8 with straight alpha."""
+    """One layer: ``pixels`` ``[H, W, 4]`` uint8 with straight alpha, blended by ``blend``."""
 
     name: str
     pixels: np.ndarray
     visible: bool = True
+    blend: Blend = NORMAL
 
     def __post_init__(self) -> None:
         if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 4:
@@ -56,13 +64,25 @@ def opaque(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels, np.full((*pixels.shape[:2], 1), 255, np.uint8)], axis=2)
 
 
+SEPARABLE = {  # a blend mode's B(backdrop, source) per channel, on sRGB values (as the editors blend 8-bit images)
+    "normal": lambda under, top: top,
+    "multiply": lambda under, top: under * top,
+    "add": lambda under, top: (under + top).clamp(max=1.0),
+}
+
+
 def merged(layers: list[Layer]) -> np.ndarray:
-    """The visible layers composited bottom to top (straight alpha, "normal" blending), uint8 RGBA."""
+    """The visible layers composited bottom to top (straight alpha, each in its blend mode: the
+    source colour becomes ``(1 - ab) * Cs + ab * B(Cb, Cs)``, then goes over), uint8 RGBA."""
     height, width = layers[0].pixels.shape[:2]
     out = torch.zeros(height, width, 4)
     for layer in layers:
         if layer.visible:
             top = torch.from_numpy(layer.pixels).float() / 255.0
+            if layer.blend.name != NORMAL.name:
+                under = out[..., 3:]
+                mixed = (1.0 - under) * top[..., :3] + under * SEPARABLE[layer.blend.name](out[..., :3], top[..., :3])
+                top = torch.cat([mixed, top[..., 3:]], dim=-1)
             out = composite_over(top[None], out[None])[0]
     return to_uint8(out)
 
@@ -72,11 +92,13 @@ def write_psd(path: str | Path, layers: list[Layer], flat: np.ndarray | None = N
     here when not given) as its merged image."""
     from psd_tools import PSDImage
     from psd_tools.api.layers import PixelLayer
+    from psd_tools.constants import BlendMode
 
     document = PSDImage.frompil(Image.fromarray(merged(layers) if flat is None else flat, "RGBA"))
     for layer in layers:
         pixel_layer = PixelLayer.frompil(Image.fromarray(layer.pixels, "RGBA"), document, layer.name)
         pixel_layer.visible = layer.visible
+        pixel_layer.blend_mode = BlendMode(layer.blend.psd_key)
         document.append(pixel_layer)
     document.save(str(path))
 
@@ -98,7 +120,7 @@ def write_ora(path: str | Path, layers: list[Layer], flat: np.ndarray | None = N
     sources = [f"data/{_file_stem(i, layer.name)}.png" for i, layer in enumerate(layers)]
     entries = "".join(
         f'    <layer name={quoteattr(layer.name)} src={quoteattr(src)} x="0" y="0" opacity="1.0" '
-        f'visibility="{"visible" if layer.visible else "hidden"}" composite-op="svg:src-over"/>\n'
+        f'visibility="{"visible" if layer.visible else "hidden"}" composite-op={quoteattr(layer.blend.ora_op)}/>\n'
         for layer, src in reversed(list(zip(layers, sources)))  # stack.xml lists the top layer first
     )
     stack = (f'<?xml version="1.0" encoding="UTF-8"?>\n<image version="0.0.3" w="{width}" h="{height}">\n'
@@ -116,6 +138,43 @@ def write_ora(path: str | Path, layers: list[Layer], flat: np.ndarray | None = N
 
 
 WRITERS = {"psd": write_psd, "ora": write_ora}
+
+
+def set_layers(foreground: torch.Tensor, background: torch.Tensor, composite: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, light_and_shadow: bool = False) -> list[Layer]:
+    """One layered set's layers, bottom first: ``background``, with ``light_and_shadow`` the
+    ``shadow`` (Multiply) and ``light`` (Addition) layers that take the background to what the
+    composite shows around the object (`light_shadow`, on sRGB values as the editors blend them),
+    ``foreground``, ``composite`` (hidden) and ``mask`` (hidden, grey: white = 1).
+
+    ``foreground`` ``[H, W, 4]`` (straight alpha), ``background`` and ``composite`` ``[H, W, 3 or 4]``
+    (the light and shadow read their colour only), ``mask`` ``[H, W]``; one size (the caller checks).
+    """
+    layers = [Layer("background", opaque(to_uint8(background)))]
+    if light_and_shadow:
+        if composite is None:
+            raise ValueError("light_and_shadow needs the composite")
+        shadow, light, reachable = light_shadow.light_and_shadow(foreground, background[..., :3], composite[..., :3])
+        layers += [Layer(light_shadow.SHADOW, to_uint8(shadow), blend=light_shadow.MULTIPLY),
+                   Layer(light_shadow.LIGHT, to_uint8(light), blend=light_shadow.ADD)]
+        log_unreachable(foreground, reachable)
+    layers.append(Layer("foreground", to_uint8(foreground)))
+    if composite is not None:
+        layers.append(Layer("composite", opaque(to_uint8(composite)), visible=False))
+    if mask is not None:
+        layers.append(Layer("mask", opaque(to_uint8(mask[..., None].expand(*mask.shape, 3))), visible=False))
+    return layers
+
+
+def log_unreachable(foreground: torch.Tensor, reachable: torch.Tensor) -> None:
+    """Say where no layer below the foreground (``[..., H, W, 4]``) can give the composite back
+    (``reachable`` ``[..., H, W]`` False where it shows through)."""
+    shows = light_shadow.eight_bit(foreground[..., 3]) < 1.0
+    missed = int((shows & ~reachable).sum())
+    if missed:
+        log.info("light and shadow: the composite cannot be reached below the foreground at %d of %d pixels where "
+                 "the foreground is not opaque (it differs from the foreground where the foreground is nearly opaque)",
+                 missed, int(shows.sum()))
 
 
 # ---- compositing ---------------------------------------------------------------------------------

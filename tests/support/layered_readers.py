@@ -19,6 +19,7 @@ class ReadLayer:
     name: str
     visible: bool
     pixels: np.ndarray  # [H, W, 4] uint8
+    blend: str = ""  # as the file names it: a PSD blend mode key ("norm", "mul "), an ORA composite-op ("svg:multiply")
 
 
 def real_rgba() -> np.ndarray:
@@ -91,7 +92,7 @@ def read_psd(path: str | Path) -> tuple[list[ReadLayer], np.ndarray, tuple[int, 
         top, left, bottom, right = s.unpack("iiii")
         channel_ids = [s.unpack("hI")[0] for _ in range(s.unpack("H"))]
         assert s.take(4) == b"8BIM"
-        s.take(4)  # blend mode key
+        blend = s.take(4).decode("latin-1")  # blend mode key
         _opacity, _clipping, flags, _filler = s.unpack("BBBB")
         extra_end = s.unpack("I") + s.at
         s.take(s.unpack("I"))  # layer mask data
@@ -100,14 +101,14 @@ def read_psd(path: str | Path) -> tuple[list[ReadLayer], np.ndarray, tuple[int, 
         name = s.take(name_length).decode("latin-1")
         s.take((-(1 + name_length)) % 4)
         s.at = extra_end
-        records.append((name, not flags & 0x02, (top, left, bottom, right), channel_ids))
+        records.append((name, not flags & 0x02, (top, left, bottom, right), channel_ids, blend))
     layers = []
-    for name, visible, (top, left, bottom, right), channel_ids in records:
+    for name, visible, (top, left, bottom, right), channel_ids, blend in records:
         h, w = bottom - top, right - left
         planes = {cid: _channel(s, h, w) for cid in channel_ids}
         pixels = np.zeros((height, width, 4), np.uint8)
         pixels[top:bottom, left:right] = np.stack([planes[0], planes[1], planes[2], planes.get(-1, np.full((h, w), 255, np.uint8))], -1)
-        layers.append(ReadLayer(name, visible, pixels))
+        layers.append(ReadLayer(name, visible, pixels, blend))
     assert s.at <= info_end <= section_end
     s.at = section_end
     compression = s.unpack("H")
@@ -143,7 +144,8 @@ def read_ora(path: str | Path) -> tuple[list[ReadLayer], np.ndarray, tuple[int, 
             layer = _png_pixels(archive.read(entry.get("src")))
             x, y = int(entry.get("x", 0)), int(entry.get("y", 0))
             pixels[y:y + layer.shape[0], x:x + layer.shape[1]] = layer
-            layers.append(ReadLayer(entry.get("name"), entry.get("visibility", "visible") == "visible", pixels))
+            layers.append(ReadLayer(entry.get("name"), entry.get("visibility", "visible") == "visible", pixels,
+                                    entry.get("composite-op", "svg:src-over")))
         merged = _png_pixels(archive.read("mergedimage.png"))
     return layers[::-1], merged, (height, width)  # stack.xml lists the top layer first
 

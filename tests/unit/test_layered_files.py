@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import layered_files
+from layerfusion.layerfusion_core import layered_files, light_shadow
 from layerfusion.layerfusion_core.layered_files import Layer
+from support.flattening import flatten_file, lit_scene
 from support.layered_readers import READERS, real_rgba
 
 
@@ -96,3 +97,48 @@ def test_scaling_keeps_the_colour_of_a_soft_edge_with_no_dark_fringe():
     covered = placed[..., 3] > 1e-3
     assert covered.sum() > 200
     assert torch.allclose(placed[covered][:, :3], torch.tensor([0.9, 0.5, 0.1]).expand(int(covered.sum()), 3), atol=1e-4)
+
+
+# ---- blend modes and the light-and-shadow layers -------------------------------------------------
+def blended_stack(seed: int = 0) -> list[Layer]:
+    """A background with a soft-alpha hole, a Multiply and an Addition layer with partial alpha, the foreground."""
+    rng = np.random.default_rng(seed)
+    fg = real_rgba()
+    h, w = fg.shape[:2]
+    bg = layered_files.opaque(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    bg[:20, :, 3] = rng.integers(0, 256, (20, w), dtype=np.uint8)  # a backdrop that is not opaque everywhere
+    return [Layer("background", bg), Layer("shadow", rng.integers(0, 256, (h, w, 4), dtype=np.uint8), blend=light_shadow.MULTIPLY),
+            Layer("light", rng.integers(0, 256, (h, w, 4), dtype=np.uint8), blend=light_shadow.ADD), Layer("foreground", fg)]
+
+
+@pytest.mark.parametrize("kind", layered_files.FORMATS)
+def test_blend_modes_are_written_as_the_formats_name_them_and_merged_flattens_as_the_naive_flattening(tmp_path, kind):
+    layers = blended_stack()
+    path = tmp_path / f"blended.{kind}"
+    layered_files.WRITERS[kind](path, layers)
+    read, merged, _size = READERS[kind](path)
+    keys = {"psd": ["norm", "mul ", "lddg", "norm"], "ora": ["svg:src-over", "svg:multiply", "svg:plus", "svg:src-over"]}
+    assert [r.blend for r in read] == keys[kind]
+    assert all(np.array_equal(back.pixels, written.pixels) for written, back in zip(layers, read))
+    naive = np.round(flatten_file(read) * 255)
+    assert np.abs(merged.astype(int) - naive).max() <= 1  # the files' merged image: the stack as an editor blends it
+    assert np.abs(layered_files.merged(layers).astype(int) - naive).max() <= 1
+
+
+def test_a_set_without_light_and_shadow_is_as_before_and_with_it_has_the_two_layers_between():
+    fg, bg, comp = (torch.from_numpy(real_rgba()).float() / 255.0, *lit_scene(torch.from_numpy(real_rgba()).float() / 255.0))
+    mask = torch.rand(128, 128, generator=torch.Generator().manual_seed(1))
+    plain = layered_files.set_layers(fg, bg[0], comp[0], mask)
+    assert [(layer.name, layer.visible, layer.blend.name) for layer in plain] == [
+        ("background", True, "normal"), ("foreground", True, "normal"), ("composite", False, "normal"), ("mask", False, "normal")]
+    lit = layered_files.set_layers(fg, bg[0], comp[0], mask, light_and_shadow=True)
+    assert [(layer.name, layer.visible, layer.blend.name) for layer in lit] == [
+        ("background", True, "normal"), ("shadow", True, "multiply"), ("light", True, "add"), ("foreground", True, "normal"),
+        ("composite", False, "normal"), ("mask", False, "normal")]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(plain, lit[:1] + lit[3:]))
+    shows = real_rgba()[..., 3] < 255
+    error = np.abs(layered_files.merged(lit)[..., :3].astype(int) - layered_files.to_uint8(comp[0]).astype(int)).max(axis=-1)
+    assert error[shows].max() <= 1
+    assert np.abs(layered_files.merged(plain)[..., :3].astype(int) - layered_files.to_uint8(comp[0])).max(axis=-1)[shows].max() > 20
+    with pytest.raises(ValueError, match="light_and_shadow needs the composite"):
+        layered_files.set_layers(fg, bg[0], None, light_and_shadow=True)
