@@ -5,8 +5,10 @@ this machine on synthetic layered scenes, its files in the repository), so the p
 shapes: the foreground's RGBA, the background, the composite, the masks and the layered file (PSD and
 ORA). With real weights (``--checkpoint`` or ``--models``, or $LAYERFUSION_CHECKPOINT /
 $LAYERFUSION_MODELS: an SDXL checkpoint and LayerDiffuse's files in a ComfyUI models folder) it runs
-the same workflow on them; ``--tiny`` runs it on the random-weight test model. Outputs are PNGs
-(and the layered files) under ./output (or --output); their paths are printed.
+the same workflow on them; ``--tiny`` runs it on the random-weight test model. Then the
+own-background workflow (LayerFusion Background): on the toy world with one of the world's own
+background pictures as the photo, on real weights with ``--photo`` (skipped without it). Outputs are
+PNGs (and the layered files) under ./output (or --output); their paths are printed.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from layerfusion_dev.testnodes.toy_models import APPLY_SETTINGS as TOY_APPLY  # 
 from layerfusion_dev.testnodes.toy_models import CHECKPOINT as TOY_CHECKPOINT  # noqa: E402
 from layerfusion_dev.testnodes.toy_models import FG_LORA as TOY_LORA  # noqa: E402
 from layerfusion_dev.testnodes.toy_models import FILES as TOY_FILES  # noqa: E402
+from layerfusion_dev.testnodes.toy_models import HOLD_SETTINGS as TOY_HOLD  # noqa: E402
 from layerfusion_dev.workflows import layer_model_files, load_api, on_tiny_model, on_toy_model, output_paths, with_checkpoint  # noqa: E402
 
 WORKFLOW = "layerfusion"
 LAYERED_WORKFLOW = "layerfusion_layered_file"
+PHOTO_WORKFLOW = "layerfusion_own_background"
+PHOTO_NAME = "photo.png"  # the own-background workflow's Load Image
+TOY_PHOTO = ("blue", "stripes")  # the toy prompts' background (workflows.TOY_PROMPTS), as the photo
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft")
 
 
@@ -58,6 +64,37 @@ def write_tiny_standins(folder: Path) -> None:
     standins.write_standins(folder, standins.unet_shapes(tiny_sdxl.build_unet("depth1", 0)))
 
 
+def write_photo(path: Path, source: Path | None, toy: bool) -> None:
+    """The own-background workflow's photo: ``source`` when given, else the toy world's background
+    picture of its prompts (toy) or a random picture (tiny model)."""
+    import numpy as np
+    from PIL import Image
+
+    if source is not None:
+        shutil.copyfile(source, path)
+        return
+    if toy:
+        from layerfusion_dev.toy_world import scenes
+
+        pixels = (scenes.background(*TOY_PHOTO).movedim(0, -1).numpy() * 255).round().astype(np.uint8)
+    else:
+        pixels = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(path)
+
+
+def photo_graph(checkpoint: str | None, tiny: bool) -> dict:
+    graph = load_api(PHOTO_WORKFLOW)
+    if checkpoint:
+        return with_checkpoint(graph, checkpoint)
+    if tiny:
+        return on_tiny_model(graph)
+    graph = on_toy_model(graph, lora_name=TOY_LORA, apply=TOY_APPLY)
+    for node in graph.values():
+        if node["class_type"] == "LayerFusionBackground":
+            node["inputs"].update(TOY_HOLD)
+    return graph
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=os.environ.get("LAYERFUSION_MODELS"),
@@ -66,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="SDXL checkpoint name in checkpoints/ (default: $LAYERFUSION_CHECKPOINT, else the first one)")
     parser.add_argument("--output", type=Path, default=REPO / "output", help="where the PNGs go (default ./output)")
     parser.add_argument("--tiny", action="store_true", help="use the tiny random-weight test model (its pictures are noise)")
+    parser.add_argument("--photo", type=Path, default=None,
+                        help="your photo for the own-background workflow (needed on real weights; the toy world has its own)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -112,11 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(TOY_FILES / TOY_LORA, server.models_dir / "layer_model" / TOY_LORA)
         with server:
             outputs = server.run(graph, timeout=3600)
+            if checkpoint and args.photo is None:
+                print("demo: the own-background workflow needs --photo <picture> on real weights; skipped")
+            else:
+                write_photo(server.base / "input" / PHOTO_NAME, args.photo, toy)
+                outputs.update({f"photo_{k}": v for k, v in server.run(photo_graph(checkpoint, args.tiny), timeout=3600).items()})
     except ServerError as err:
         print(f"demo: failed: {err}", file=sys.stderr)
         return 1
     paths = output_paths(outputs, args.output)
-    paths += sorted(p for p in args.output.rglob("layers_*") if p.suffix in (".psd", ".ora") and p.stat().st_mtime >= wall_start)
+    paths += sorted(p for p in args.output.rglob("*layers_*") if p.suffix in (".psd", ".ora") and p.stat().st_mtime >= wall_start)
     if not paths:
         print("demo: the workflow finished but saved no image", file=sys.stderr)
         return 1

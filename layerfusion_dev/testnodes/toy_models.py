@@ -41,6 +41,9 @@ FG_LORA = "toy_world_fg_attn.safetensors"  # LayerDiffuse's attention-LoRA layou
 # prior is on the object only late (sigma ~0.8), a few bright border tokens set the soft mask's max, and the
 # background kept pure is what keeps it free of the object
 APPLY_SETTINGS = {"prior_at": 0.3, "norm_quantile": 0.8, "bg_mode": "bl_from_bg"}
+# LayerFusion Background's band at the toy's 256 px (SDXL's defaults, 64 and 32 px, are made for 1024 px):
+# room for the world's shadow (12 px down and right, blurred over ~16 px)
+HOLD_SETTINGS = {"dilate_px": 32, "feather_px": 16}
 NEUTRAL = 0.5  # the grey a foreground latent shows around its object
 LATENT_SCALE = 0.13025  # SDXL's latent scale (comfy.latent_formats.SDXL)
 MODEL_CHANNELS = 32

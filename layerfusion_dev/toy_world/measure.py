@@ -176,9 +176,10 @@ def block_report(case_runs: list[tuple[Case, Run]]) -> dict[str, dict[str, float
                     "soft_mean": statistics.fmean(v[1] for v in values)} for block, values in per_block.items()}
 
 
-def summarise(rows: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+def summarise(rows: list[dict[str, float]], names: tuple[str, ...] = (*CLAIMS, *DIAGNOSTICS)) -> dict[str, tuple[float, float]]:
+    """Mean and spread of each of ``names`` over ``rows`` (NaN entries left out)."""
     out = {}
-    for claim in (*CLAIMS, *DIAGNOSTICS):
+    for claim in names:
         values = [r[claim] for r in rows if r[claim] == r[claim]]
         out[claim] = (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
     return out

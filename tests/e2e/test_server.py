@@ -121,7 +121,8 @@ def test_demo_script_writes_pngs(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tiny random-weight model" in done.stdout
     pngs = sorted(out.rglob("*.png"))
-    assert len(pngs) == 4
+    assert len(pngs) == 6  # the LayerFusion workflow's four, the own-background workflow's foreground and composite
+    assert sum(p.name.startswith("photo_") for p in pngs) == 2
     with Image.open(next(p for p in pngs if p.name.startswith("fg"))) as fg:
         assert fg.mode == "RGBA"
     assert all(str(p) in done.stdout for p in pngs)
