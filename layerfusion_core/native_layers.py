@@ -12,6 +12,15 @@ What is built here, bottom first (the names and order of LayerFusion Save Layers
 ``background``, ``foreground`` (its straight alpha as the image's fourth channel, no mask),
 ``composite`` (hidden) and ``mask`` (hidden, grey: white = 1). Every item has ``z_index`` 0, so the
 list order is the stack and a layer that Add Layer appends (``z_index`` 0 by default) lands on top.
+
+With light and shadow, ``shadow`` and ``light`` go between the background and the foreground. A LAYERS
+item can carry a blend mode: its ``blend_mode`` key (what Add Layer's blend_mode input writes), which
+Create Layered Image reads into its layer state and applies (``comfy_extras/compositor_blend.py``;
+the key is left out for "normal", as Add Layer does). So the two are ``"multiply"`` and
+``"linear-dodge"`` items, worked out in linear light (`light_shadow.LINEAR`): Create Layered Image
+blends both modes, and "normal", in linear light, so its flattening gives back the composite where
+the foreground is not opaque. (Its plain [background, foreground] stack does not: "normal" in linear
+light is not the sRGB "over" the composite was made with.)
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ import dataclasses
 
 import torch
 
+from . import light_shadow
+from .layered_files import log_unreachable
+from .light_shadow import NORMAL, Blend
+
 LAYERS_TYPE = "LAYERS"
 LAYERS_VERSION = 1
 BACKGROUND, FOREGROUND, COMPOSITE, MASK = "background", "foreground", "composite", "mask"
@@ -27,11 +40,12 @@ BACKGROUND, FOREGROUND, COMPOSITE, MASK = "background", "foreground", "composite
 
 @dataclasses.dataclass(frozen=True)
 class StackLayer:
-    """One layer of a set: ``image`` ``[1, H, W, 3 or 4]`` (straight alpha when 4)."""
+    """One layer of a set: ``image`` ``[1, H, W, 3 or 4]`` (straight alpha when 4), blended by ``blend``."""
 
     name: str
     image: torch.Tensor
     visible: bool = True
+    blend: Blend = NORMAL
 
 
 def _frame(batch: torch.Tensor, index: int) -> torch.Tensor:
@@ -40,14 +54,26 @@ def _frame(batch: torch.Tensor, index: int) -> torch.Tensor:
     return batch[row:row + 1].contiguous()
 
 
-def set_layers(foreground: torch.Tensor, background: torch.Tensor, index: int,
-               composite: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> list[StackLayer]:
-    """The layers of set ``index``, bottom first.
+def set_layers(foreground: torch.Tensor, background: torch.Tensor, index: int, composite: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, light_and_shadow: bool = False) -> list[StackLayer]:
+    """The layers of set ``index``, bottom first; with ``light_and_shadow``, the ``shadow`` and
+    ``light`` layers (Create Layered Image's multiply and linear-dodge, in linear light) between the
+    background and the foreground.
 
     ``foreground`` ``[B, H, W, 4]`` (straight alpha), ``background`` and ``composite`` ``[B or 1, H, W,
-    3 or 4]``, ``mask`` ``[B or 1, H, W]``; all of one size (the caller checks).
+    3 or 4]`` (the light and shadow read their colour only), ``mask`` ``[B or 1, H, W]``; all of one
+    size (the caller checks).
     """
-    layers = [StackLayer(BACKGROUND, _frame(background, index)), StackLayer(FOREGROUND, _frame(foreground, index))]
+    layers = [StackLayer(BACKGROUND, _frame(background, index))]
+    if light_and_shadow:
+        if composite is None:
+            raise ValueError("light_and_shadow needs the composite")
+        fg, comp = _frame(foreground, index), _frame(composite, index)
+        shadow, light, reachable = light_shadow.light_and_shadow(fg, layers[0].image[..., :3], comp[..., :3], light_shadow.LINEAR)
+        layers += [StackLayer(light_shadow.SHADOW, shadow, blend=light_shadow.MULTIPLY),
+                   StackLayer(light_shadow.LIGHT, light, blend=light_shadow.ADD)]
+        log_unreachable(fg, reachable)
+    layers.append(StackLayer(FOREGROUND, _frame(foreground, index)))
     if composite is not None:
         layers.append(StackLayer(COMPOSITE, _frame(composite, index), visible=False))
     if mask is not None:
@@ -61,7 +87,7 @@ def layers_document(layers: list[StackLayer]) -> dict:
     height, width = layers[0].image.shape[1:3]
     items = [
         {"type": "raster", "image": layer.image, "name": layer.name, "x": 0, "y": 0, "z_index": 0,
-         "visible": layer.visible}
+         "visible": layer.visible, **({} if layer.blend == NORMAL else {"blend_mode": layer.blend.comfy})}
         for layer in layers
     ]
     return {"version": LAYERS_VERSION, "canvas": (int(width), int(height)), "layers": items}

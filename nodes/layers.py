@@ -54,9 +54,13 @@ def _same_size(node: str, name: str, image: torch.Tensor, height: int, width: in
 
 
 def layered_set(node: str, foreground: torch.Tensor, background: torch.Tensor, composite: torch.Tensor | None,
-                mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                mask: torch.Tensor | None, light_and_shadow: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Check a layered set's inputs (``node`` names them in errors); the background, composite and
     mask with as many rows as the foreground (a single one is used for every set)."""
+    if light_and_shadow and composite is None:
+        raise node_error(node, "light_and_shadow", "is on, but no composite is connected: the light and shadow are what "
+                                                   "the composite shows around the object", "Connect the composite (the "
+                                                   "harmonised image), or turn light_and_shadow off.")
     _require_images(node, "foreground", foreground, (4,))
     _require_images(node, "background", background, (3, 4))
     _require_images(node, "composite", composite, (3, 4))
@@ -85,6 +89,16 @@ def background_input() -> io.Image.Input:
                                                 "is used for every set.")
 
 
+def light_and_shadow_input(blended_by: str) -> io.Boolean.Input:
+    return io.Boolean.Input(
+        "light_and_shadow", default=False, optional=True,
+        tooltip="Needs the composite. Adds what the object did to its surroundings (the composite minus the foreground "
+                "over the background: its shadow, the light it reflects) as two layers between the background and the "
+                f"foreground: 'shadow' in Multiply and 'light' in Addition (Linear Dodge), {blended_by}, so that "
+                "flattening the layers gives back the composite. Move the foreground and keep, move or hide its shadow. "
+                "Off: the layers are as without it.")
+
+
 class LayerFusionSaveLayers(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -96,7 +110,9 @@ class LayerFusionSaveLayers(io.ComfyNode):
             description=(
                 "Save each layered set as one layered file in ComfyUI's output folder: PSD (Photoshop, Photopea, "
                 "Krita, GIMP) or OpenRaster .ora (GIMP, Krita). Layers, bottom to top: background, foreground (with "
-                "its transparency, straight alpha kept exactly), composite (hidden), and the mask (hidden) if given."
+                "its transparency, straight alpha kept exactly), composite (hidden), and the mask (hidden) if given. "
+                "With light_and_shadow, the object's shadow and reflected light go between background and foreground, "
+                "so the flattened file is the composite and stays editable."
             ),
             inputs=[
                 foreground_input(),
@@ -110,15 +126,17 @@ class LayerFusionSaveLayers(io.ComfyNode):
                 io.String.Input("filename_prefix", default="LayerFusion/layers",
                                 tooltip="Where in the output folder, and the file names' start (as in Save Image; "
                                         "%date% style placeholders work too)."),
+                light_and_shadow_input("blended on the sRGB values as Photoshop, GIMP and Krita do"),
             ],
             outputs=[],
         )
 
     @classmethod
-    def execute(cls, foreground, background, format: str, filename_prefix: str, composite=None, mask=None) -> io.NodeOutput:
+    def execute(cls, foreground, background, format: str, filename_prefix: str, composite=None, mask=None,
+                light_and_shadow: bool = False) -> io.NodeOutput:
         if format not in FORMAT_CHOICES:
             raise node_error(SAVE, "format", f"is {format!r}", f"Choose one of {', '.join(FORMAT_CHOICES)}.")
-        background, composite, mask = layered_set(SAVE, foreground, background, composite, mask)
+        background, composite, mask = layered_set(SAVE, foreground, background, composite, mask, light_and_shadow)
         batch, height, width, _ = foreground.shape
 
         output_dir = folder_paths.get_output_directory()
@@ -126,15 +144,8 @@ class LayerFusionSaveLayers(io.ComfyNode):
         files, flats = [], []
         progress = comfy.utils.ProgressBar(batch)
         for index in range(batch):
-            layers = [
-                layered_files.Layer("background", layered_files.opaque(layered_files.to_uint8(background[index]))),
-                layered_files.Layer("foreground", layered_files.to_uint8(foreground[index])),
-            ]
-            if composite is not None:
-                layers.append(layered_files.Layer("composite", layered_files.opaque(layered_files.to_uint8(composite[index])), visible=False))
-            if mask is not None:
-                grey = layered_files.to_uint8(mask[index][..., None].expand(height, width, 3))
-                layers.append(layered_files.Layer("mask", layered_files.opaque(grey), visible=False))
+            layers = layered_files.set_layers(foreground[index], background[index], None if composite is None else composite[index],
+                                              None if mask is None else mask[index], light_and_shadow)
             flat = layered_files.merged(layers)  # once per set: the files' merged image and the preview
             for kind in FORMAT_CHOICES[format]:
                 file_name = f"{name}_{counter + index:05}_.{kind}"

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..layerfusion_core import native_layers
 from .common import CATEGORY, node_error
-from .layers import background_input, foreground_input, layered_set
+from .layers import background_input, foreground_input, layered_set, light_and_shadow_input
 from .previews import intermediate_output, temp_pngs
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,10 @@ class LayerFusionLayers(io.ComfyNode):
                 "Hand one layered set to ComfyUI's own layer nodes: a LAYERS stack for Add Layer and Create Layered "
                 "Image (its Layer Editor), and the same layers as one IMAGE batch. Layers, bottom to top: background, "
                 "foreground (its straight alpha kept), composite (hidden) and the mask (hidden) if given, as in "
-                "LayerFusion Save Layers. ComfyUI's layer nodes are experimental and only in recent versions; on "
-                "older ones this node still runs and its IMAGE output works anywhere."
+                "LayerFusion Save Layers (with light_and_shadow, the object's shadow and reflected light between "
+                "background and foreground, so Create Layered Image gives back the composite). ComfyUI's layer nodes "
+                "are experimental and only in recent versions; on older ones this node still runs and its IMAGE output "
+                "works anywhere."
             ),
             inputs=[
                 foreground_input(),
@@ -53,6 +55,8 @@ class LayerFusionLayers(io.ComfyNode):
                                      "picture of one stack, and turns an image batch into layers stacked on each other: "
                                      "every set in one stack would bury each set under the next set's background. For "
                                      "several sets, use one node per set."),
+                light_and_shadow_input("as the layers' blend_mode, worked out in linear light as Create Layered Image "
+                                       "blends them"),
             ],
             outputs=[
                 layers_io().Output("layers", display_name="LAYERS",
@@ -66,13 +70,14 @@ class LayerFusionLayers(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, foreground, background, set_index: int, composite=None, mask=None) -> io.NodeOutput:
-        background, composite, mask = layered_set(LAYERS_NODE, foreground, background, composite, mask)
+    def execute(cls, foreground, background, set_index: int, composite=None, mask=None,
+                light_and_shadow: bool = False) -> io.NodeOutput:
+        background, composite, mask = layered_set(LAYERS_NODE, foreground, background, composite, mask, light_and_shadow)
         sets = foreground.shape[0]
         if not 0 <= set_index < sets:
             raise node_error(LAYERS_NODE, "set_index", f"is {set_index}, the foreground has {sets} set(s) (0 to {sets - 1})",
                              f"Choose a set from 0 to {sets - 1}.")
-        layers = native_layers.set_layers(foreground, background, set_index, composite, mask)
+        layers = native_layers.set_layers(foreground, background, set_index, composite, mask, light_and_shadow)
         images = native_layers.layers_batch(layers)
         log.debug("%s: set %d of %d as %d layers", LAYERS_NODE, set_index, sets, len(layers))
         return io.NodeOutput(native_layers.layers_document(layers), images, ui={"images": temp_pngs(images)})

@@ -27,6 +27,7 @@ from layerfusion_dev.native_compositor import document_items, expand_item_frames
 from layerfusion_dev.native_nodes import EMULATED, EmulatedAddLayer, EmulatedImageCompositor
 from layerfusion_dev.paths import REPO
 from layerfusion_dev.workflows import load_api, on_tiny_model
+from support.flattening import flatten_layers_value, lit_scene
 from support.layered_readers import real_rgba
 
 WORKFLOW = "layerfusion_create_layered_image"
@@ -159,6 +160,38 @@ def test_a_set_index_past_the_sets_is_refused_by_name():
         LayerFusionLayers.execute(fg[..., :3], bg, 0)
 
 
+# ---- light and shadow: blend modes Create Layered Image applies -------------------------------------
+def lit_set(sets: int = 2):
+    """(foreground with real soft alpha, one background, composites made by an over in linear light of
+    that background shadowed and lit), as Create Layered Image would recompose them."""
+    fg = a_set(sets)[0]
+    background = lit_scene(fg[0], seed=2, space="linear")[0]
+    return fg, background, torch.cat([lit_scene(f, seed=2, space="linear")[1] for f in fg])
+
+
+def test_with_light_and_shadow_create_layered_image_gives_back_the_composite_where_the_foreground_is_not_opaque():
+    fg, bg, composite = lit_set()
+    _, _, _, mask = a_set()
+    doc, images = LayerFusionLayers.execute(fg, bg, 1, composite=composite, mask=mask, light_and_shadow=True).result
+    assert [(i["name"], i["visible"], i.get("blend_mode")) for i in doc["layers"]] == [
+        ("background", True, None), ("shadow", True, "multiply"), ("light", True, "linear-dodge"), ("foreground", True, None),
+        ("composite", False, None), ("mask", False, None)]
+    assert images.shape == (6, 128, 128, 4) and torch.equal(doc["layers"][3]["image"], fg[1:2])
+    got = flatten_layers_value(doc)
+    want = eight_bit(composite[1])
+    shows, clear = fg[1, ..., 3].numpy() < 1, fg[1, ..., 3].numpy() == 0
+    error = np.abs(got[..., :3] - want).max(axis=-1) * 255
+    assert error[shows].max() <= 1.0 and error[clear].max() <= 0.5 and (got[..., 3] == 1).all()
+    plain = flatten_layers_value(layers_of(fg[1:], bg, composite[1:]))
+    assert np.abs(plain[..., :3] - want).max(axis=-1)[shows].max() * 255 > 5  # without the layers: the test can tell
+
+
+def test_light_and_shadow_without_a_composite_is_refused_by_name():
+    fg, bg, _composite, _mask = a_set()
+    with pytest.raises(ValueError, match=r"^LayerFusion Layers: input 'light_and_shadow': is on, but no composite"):
+        LayerFusionLayers.execute(fg, bg, 0, light_and_shadow=True)
+
+
 # ---- the node on this host and on one with io.Layers ---------------------------------------------
 def test_the_node_loads_on_this_host_with_the_layers_type_by_name():
     """On 0.3.75 (no io.Layers) the LAYERS output is a custom type of that name; the schema passes
@@ -240,6 +273,12 @@ def test_the_real_reader_and_compositor_agree_with_the_emulation_where_the_host_
     out = real.composite_from_state([f["tensor"] for f in frames], real.state_from_items(frames, real.document_canvas(doc)), alphas)
     image, _mask = real.composite_outputs(out)
     assert torch.allclose(image, EmulatedImageCompositor.execute(doc, {}).result[0], atol=1e-5)
+    fg, bg, composite = lit_set(sets=1)
+    lit = LayerFusionLayers.execute(fg, bg, 0, composite=composite, light_and_shadow=True).result[0]
+    image = real.ImageCompositor.execute(lit, {}).result[0]  # the blend modes as the real node applies them
+    assert np.abs(image[0].double().numpy() - flatten_layers_value(lit)[..., :3]).max() < 2e-5
+    shows = fg[0, ..., 3].numpy() < 1
+    assert (np.abs(image[0].double().numpy() - eight_bit(composite[0])).max(axis=-1)[shows] * 255).max() <= 1.0
 
 
 def test_the_readme_shows_the_wiring_with_the_nodes_own_names():
@@ -247,7 +286,8 @@ def test_the_readme_shows_the_wiring_with_the_nodes_own_names():
     section = text.split("#### Into ComfyUI's own layer nodes")[1].split("\n### ")[0]
     wiring = section.split("```")[1]
     info = LayerFusionLayers.GET_NODE_INFO_V1()
-    inputs = [name for part in ("required", "optional") for name in info["input_order"].get(part, []) if name != "set_index"]
+    widgets = ("set_index", "light_and_shadow")  # the wiring shows sockets
+    inputs = [name for part in ("required", "optional") for name in info["input_order"].get(part, []) if name not in widgets]
     assert all(f"-> {name} " in wiring for name in inputs), wiring
     assert all(f"-> {name} " in wiring for name in info["output_name"]), wiring
     for node in ("Transparent Decode", "LayerFusion Layers", "Add Layer", "Create Layered Image"):

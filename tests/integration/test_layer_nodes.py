@@ -4,13 +4,18 @@ recomposition against the naive over."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from layerfusion.layerfusion_core import layered_files
+from layerfusion.layerfusion_core import layered_files, light_shadow
 from layerfusion.nodes.layers import FILES_KEY, LayerFusionRecompose, LayerFusionSaveLayers
-from support.layered_readers import READERS, real_rgba
+from support.flattening import flatten_file, lit_scene
+from support.layered_readers import READERS, png_pixels, real_rgba
+
+BLENDS_BY_KEY = {key: blend for blend in light_shadow.BLENDS for key in (blend.psd_key.decode(), blend.ora_op)}
 
 
 @pytest.fixture
@@ -111,3 +116,48 @@ def test_recompose_refuses_rgb_for_the_foreground():
     fg, bg, _composite, _mask = images(sets=1)
     with pytest.raises(ValueError, match=r"^LayerFusion Recompose: input 'foreground': has shape 1x128x128x3"):
         LayerFusionRecompose.execute(fg[..., :3], bg, 0, 0, 1.0, "1 = transparent (ComfyUI)")
+
+
+# ---- light and shadow ------------------------------------------------------------------------------
+def lit_sets(space: str = "srgb"):
+    """(foreground: the real soft-alpha image and its mirror, one background, their composites, in which
+    each object casts a shadow and reflects light), as ComfyUI tensors."""
+    fg = images()[0]
+    background = lit_scene(fg[0], seed=3, space=space)[0]
+    return fg, background, torch.cat([lit_scene(f, seed=3, space=space)[1] for f in fg])
+
+
+@pytest.mark.parametrize("kind", layered_files.FORMATS)
+def test_light_and_shadow_layers_go_between_and_the_file_flattens_back_to_the_composite(output_dir, kind):
+    fg, bg, composite = lit_sets()
+    _, _, _, mask = images()
+    out = LayerFusionSaveLayers.execute(fg, bg, kind, "lit", composite=composite, mask=mask, light_and_shadow=True)
+    keys = {"psd": ("norm", "mul ", "lddg"), "ora": ("svg:src-over", "svg:multiply", "svg:plus")}[kind]
+    for index, entry in enumerate(out.ui[FILES_KEY]):
+        read, merged, _size = READERS[kind](output_dir / entry["subfolder"] / entry["filename"])
+        assert [(layer.name, layer.visible, layer.blend) for layer in read] == [
+            ("background", True, keys[0]), ("shadow", True, keys[1]), ("light", True, keys[2]), ("foreground", True, keys[0]),
+            ("composite", False, keys[0]), ("mask", False, keys[0])]
+        assert np.array_equal(read[3].pixels, to_u8(fg[index])) and np.array_equal(read[4].pixels[..., :3], to_u8(composite[index]))
+        assert read[1].pixels[..., 3].any() and read[2].pixels[..., 3].any()  # a shadow and a light, each somewhere
+        want = to_u8(composite[index]).astype(int)
+        shows, clear = fg[index, ..., 3].numpy() < 1, fg[index, ..., 3].numpy() == 0
+        ours = layered_files.merged([layered_files.Layer(r.name, r.pixels, r.visible, BLENDS_BY_KEY[r.blend]) for r in read])
+        naive = np.round(flatten_file(read) * 255).astype(int)
+        for flat in (ours[..., :3].astype(int), naive[..., :3], merged[..., :3].astype(int)):
+            error = np.abs(flat - want).max(axis=-1)
+            assert error[shows].max() <= 1 and error[clear].max() <= 1
+        import folder_paths
+
+        preview = out.ui["images"][index]  # the node's preview: the visible stack, so the composite
+        shown = png_pixels(Path(folder_paths.get_temp_directory()) / preview["subfolder"] / preview["filename"])
+        assert np.abs(shown[..., :3].astype(int) - want).max(axis=-1)[shows].max() <= 1
+
+
+def test_light_and_shadow_off_without_a_composite_is_fine_and_on_is_refused_by_name(output_dir):
+    fg, bg, _composite = lit_sets()
+    LayerFusionSaveLayers.execute(fg, bg, "psd", "plain", light_and_shadow=False)
+    with pytest.raises(ValueError, match=r"^LayerFusion Save Layers: input 'light_and_shadow': is on, but no composite is "
+                                         r"connected.*Connect the composite"):
+        LayerFusionSaveLayers.execute(fg, bg, "ora", "lit", light_and_shadow=True)
+    assert not list(output_dir.rglob("lit*"))

@@ -121,10 +121,12 @@ def read_psd(path: str | Path) -> tuple[list[ReadLayer], np.ndarray, tuple[int, 
     return layers, np.stack(planes, -1), (height, width)
 
 
-def _png_pixels(data: bytes) -> np.ndarray:
+def png_pixels(data: bytes | Path) -> np.ndarray:
+    """A PNG (its bytes or its path) as ``[H, W, 4]`` uint8, decoded by pypng."""
     import png
 
-    width, height, rows, _ = png.Reader(bytes=data).asRGBA8()
+    reader = png.Reader(filename=str(data)) if isinstance(data, Path) else png.Reader(bytes=data)
+    width, height, rows, _ = reader.asRGBA8()
     return np.array([list(row) for row in rows], dtype=np.uint8).reshape(height, width, 4)
 
 
@@ -141,12 +143,12 @@ def read_ora(path: str | Path) -> tuple[list[ReadLayer], np.ndarray, tuple[int, 
         layers = []
         for entry in image.find("stack").findall("layer"):
             pixels = np.zeros((height, width, 4), np.uint8)
-            layer = _png_pixels(archive.read(entry.get("src")))
+            layer = png_pixels(archive.read(entry.get("src")))
             x, y = int(entry.get("x", 0)), int(entry.get("y", 0))
             pixels[y:y + layer.shape[0], x:x + layer.shape[1]] = layer
             layers.append(ReadLayer(entry.get("name"), entry.get("visibility", "visible") == "visible", pixels,
                                     entry.get("composite-op", "svg:src-over")))
-        merged = _png_pixels(archive.read("mergedimage.png"))
+        merged = png_pixels(archive.read("mergedimage.png"))
     return layers[::-1], merged, (height, width)  # stack.xml lists the top layer first
 
 

@@ -3,9 +3,12 @@ which layers in which order, what each holds."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from layerfusion.layerfusion_core import native_layers
+from support.flattening import flatten_layers_value, lit_scene
 
 
 def a_batch(sets: int = 3, seed: int = 0):
@@ -42,3 +45,39 @@ def test_the_batch_is_rgba_bottom_first_with_rgb_layers_opaque():
     batch = native_layers.layers_batch(native_layers.set_layers(fg, bg, 1, composite, mask))
     assert batch.shape == (4, 6, 5, 4)
     assert torch.equal(batch[1], fg[1]) and torch.equal(batch[0, ..., :3], bg[0]) and (batch[[0, 2, 3], ..., 3] == 1).all()
+
+
+def lit_batch(sets: int = 2, seed: int = 0):
+    """(foreground [sets, 6, 8, 4] with clear, opaque and soft pixels, background [1, ...], composites
+    made by an over in linear light of a shadowed and lit background)."""
+    gen = torch.Generator().manual_seed(seed)
+    fg = torch.rand(sets, 6, 8, 4, generator=gen)
+    fg[..., 3] = torch.tensor([0.0, 1.0, 0.5, 254 / 255, 1 / 255, 0.2, 0.8, 0.35] * 6).reshape(6, 8)
+    background = lit_scene(fg[0], seed=seed, space="linear")[0]
+    composites = torch.cat([lit_scene(f, seed=seed, space="linear")[1] for f in fg])
+    return fg, background, composites
+
+
+def test_light_and_shadow_items_carry_create_layered_images_blend_modes_between_background_and_foreground():
+    fg, bg, composite = lit_batch()
+    layers = native_layers.set_layers(fg, bg, 1, composite, light_and_shadow=True)
+    doc = native_layers.layers_document(layers)
+    assert [(item["name"], item.get("blend_mode")) for item in doc["layers"]] == [
+        ("background", None), ("shadow", "multiply"), ("light", "linear-dodge"), ("foreground", None), ("composite", None)]
+    assert torch.equal(doc["layers"][3]["image"], fg[1:2]) and doc["layers"][1]["image"].shape == (1, 6, 8, 4)
+    assert native_layers.layers_batch(layers).shape == (5, 6, 8, 4)
+    with pytest.raises(ValueError, match="light_and_shadow needs the composite"):
+        native_layers.set_layers(fg, bg, 0, light_and_shadow=True)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_create_layered_images_flattening_of_the_stack_gives_the_composite_back_where_the_foreground_is_not_opaque(index):
+    fg, bg, composite = lit_batch()
+    doc = native_layers.layers_document(native_layers.set_layers(fg, bg, index, composite, light_and_shadow=True))
+    got = flatten_layers_value(doc)
+    assert (got[..., 3] == 1).all()
+    error = np.abs(got[..., :3] - np.rint(composite[index].double().numpy() * 255) / 255).max(axis=-1) * 255
+    shows = fg[index, ..., 3].numpy() < 1
+    assert error[shows].max() <= 1.0
+    plain = flatten_layers_value(native_layers.layers_document(native_layers.set_layers(fg, bg, index, composite)))
+    assert np.abs(plain[..., :3] - composite[index].numpy()).max(axis=-1)[shows].max() * 255 > 5  # without: the test can tell
