@@ -206,8 +206,14 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     if steps:
         _check_fusion_ran(run, patch.keys, Phase.JOINT)
         patch.records.publish(run.record())
-    final = _FINAL_MASK.get()
-    if final is not None and denoise_masks is not None:
+    if denoise_masks is not None and steps:
+        final = _FINAL_MASK.get()
+        if denoise_masks.last is None:
+            raise hook_point_error(NODE, "the sampler never called the run's denoise_mask_function (ComfyUI's inpainting mask "
+                                         "hook), so the composite was not held to the photo")
+        if final is None:
+            raise hook_point_error(NODE, "LayerFusion's OUTER_SAMPLE wrapper did not run, so the latent rows the inpainting "
+                                         "mask holds were not made exactly the input latent")
         final.mask = denoise_masks.last
     return out
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from layerfusion.layerfusion_core.layout.latents import empty_layered_latent
+from layerfusion.layerfusion_core.patching.hook_points import HookPointError
 from layerfusion.layerfusion_core.patching.layerfusion import fusion_patch
 from layerfusion.layerfusion_core.patching.options import FUSION_WRAPPER_KEY
 from layerfusion.nodes.background import LayerFusionBackground
@@ -64,16 +65,41 @@ def test_background_rows_end_at_the_photo_and_the_composite_outside_the_band_too
 
 def test_the_exact_hold_only_removes_float_rounding(tiny, conds):
     model, latent = with_background(fused(tiny))
+    captured = []
+
+    def capture(executor, *args, **kwargs):  # inside the pack's OUTER_SAMPLE wrapper: the sampler's own result
+        out = executor(*args, **kwargs)
+        captured.append(out.clone())
+        return out
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "test.capture", capture)
     exact = sample(model, latent, conds)
-    plain = model.clone()
-    plain.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, FUSION_WRAPPER_KEY)
-    raw = sample(plain, latent, conds)
-    band = fusion_patch(plain).records.record.band
+    (raw,) = captured
+    band = fusion_patch(model).records.record.band
     held = torch.zeros_like(exact, dtype=torch.bool)
     held[1::3] = True
     held[2::3] = (band == 0)[:, None].expand(-1, 4, -1, -1)
     assert torch.equal(exact[~held], raw[~held])  # nothing else changes
     assert torch.allclose(raw[held], exact[held], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(raw[held], exact[held])  # ComfyUI's own result is off by float rounding (measured here)
+
+
+@pytest.mark.parametrize("broken", ["denoise_mask_function", "outer_sample"])
+def test_the_guard_fires_when_a_hold_hook_does_not_run(tiny, conds, broken):
+    model, latent = with_background(fused(tiny))
+    broken_model = model.clone()
+    if broken == "outer_sample":
+        broken_model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, FUSION_WRAPPER_KEY)
+        match = "OUTER_SAMPLE wrapper did not run"
+    else:
+        def no_mask_hook(executor, guider, sigmas, extra_args, *args, **kwargs):  # a sampler that never calls it
+            model_options = {k: v for k, v in extra_args["model_options"].items() if k != "denoise_mask_function"}
+            return executor(guider, sigmas, {**extra_args, "model_options": model_options}, *args, **kwargs)
+
+        broken_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, "test.no_mask_hook", no_mask_hook)
+        match = "never called the run's denoise_mask_function"
+    with pytest.raises(HookPointError, match=match):
+        sample(broken_model, latent, conds)
 
 
 def test_without_the_hold_the_composite_is_free_and_the_background_still_held(tiny, conds):
