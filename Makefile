@@ -55,6 +55,11 @@ BENCH_GPU_OUT ?= bench/gpu
 bench-gpu: setup
 	$(VENV_PY) -m layerfusion_dev.bench_gpu --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
 
+# Debian's GIMP and Krita (as root: apt-get), for the slow test that flattens Save Layers' files in them.
+.PHONY: editors
+editors:
+	@$(PYTHON) -m layerfusion_dev.bootstrap editors
+
 serve: setup
 	$(VENV_PY) -m layerfusion_dev.serve $(SERVE_ARGS)
 

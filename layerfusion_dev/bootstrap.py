@@ -5,6 +5,7 @@ fresh machine. Every step is idempotent and leaves a stamp; a second run only ch
 
     python3 -m layerfusion_dev.bootstrap setup        # host + venv (what `make` runs first)
     python3 -m layerfusion_dev.bootstrap browser      # the second frontend and Debian's chromium for the browser tests (make browser)
+    python3 -m layerfusion_dev.bootstrap editors      # Debian's GIMP and Krita for the editor test of layered files (make editors)
     python3 -m layerfusion_dev.bootstrap host-path    # print the ComfyUI directory in use
 
 Which ComfyUI is used (first match wins):
@@ -218,6 +219,24 @@ def ensure_browser() -> str:
     return found
 
 
+EDITORS = {"gimp": "gimp", "kritarunner": "krita"}  # the executable the editor test runs -> its Debian package
+
+
+def ensure_editors() -> str:
+    """Install Debian's gimp and krita (the slow editor test flattens layered files in them), if missing.
+    About a minute on Debian bookworm (GIMP 2.10.34, Krita 5.1.5)."""
+    missing = sorted({package for executable, package in EDITORS.items() if not shutil.which(executable)})
+    if missing:
+        if not shutil.which("apt-get") or os.geteuid() != 0:
+            raise SystemExit(f"the editor test needs {' and '.join(missing)}: run `sudo make editors` "
+                             f"(apt-get install {' '.join(missing)})")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        log(f"installing Debian's {' and '.join(missing)} for the editor test")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    return ", ".join(f"{executable}: {shutil.which(executable)}" for executable in EDITORS)
+
+
 def setup() -> Path:
     host, why = host_path()
     if why == "pinned":
@@ -235,10 +254,12 @@ def main(argv: list[str]) -> int:
         # the frontend first: it needs no root, so a run without root still gets it before chromium's hint
         log(f"frontend {CURRENT_FRONTEND[1]}: {ensure_current_frontend()}")
         log(f"chromium: {ensure_browser()}")
+    elif command == "editors":
+        log(ensure_editors())
     elif command == "host-path":
         sys.stdout.write(f"{host_path()[0]}\n")
     else:
-        raise SystemExit(f"unknown command {command!r}; use setup, browser or host-path")
+        raise SystemExit(f"unknown command {command!r}; use setup, browser, editors or host-path")
     return 0
 
 
