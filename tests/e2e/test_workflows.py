@@ -90,9 +90,12 @@ def test_api_twin_runs_and_saves_its_declared_outputs(server, twin_run, name):
         for entry in files:  # each written file, re-read by an independent reader: the layers in their order
             layers, _merged, size = READERS[entry["format"]](server.output_dir / entry["subfolder"] / entry["filename"])
             assert size == (64, 64)
+            lit = graph[node_id]["inputs"].get("light_and_shadow", False)
             assert [(layer.name, layer.visible) for layer in layers] == [
-                ("background", True), ("foreground", True), ("composite", False), ("mask", False)]
-            assert layers[1].pixels[..., 3].min() < 255  # the foreground layer carries its transparency
+                ("background", True), *([("shadow", True), ("light", True)] if lit else []), ("foreground", True),
+                ("composite", False), ("mask", False)]
+            foreground = layers[3 if lit else 1]
+            assert foreground.pixels[..., 3].min() < 255  # the foreground layer carries its transparency
 
 
 @pytest.mark.parametrize("name", TWINS)
