@@ -1,12 +1,13 @@
 # LayerFusion: two commands do everything (`make demo`, `make test`); each sets itself up first.
 # `make test` is the quick run (everything but the tests marked slow); `make test-all` runs every test
-# and sets the browser tier up first (`make browser`); CI runs `make lint` and `make test-all` (.ci/run).
+# and sets the browser tier and the editors up first (`make browser`, `make editors`); CI runs `make lint` and
+# `make test-all` (.ci/run).
 PYTHON ?= python3
 VENV_PY := .venv/bin/python
 PYTEST_ARGS ?=
 DOWNLOAD_ARGS ?= --list
 
-.PHONY: setup browser lint test test-all test-unit test-integration test-e2e demo toy-world toy-measure toy-probe bench bench-gpu serve download clean
+.PHONY: setup browser editors lint test test-all test-unit test-integration test-e2e demo toy-world toy-measure toy-probe bench bench-gpu serve download clean
 
 setup:
 	@$(PYTHON) -m layerfusion_dev.bootstrap setup
@@ -20,7 +21,7 @@ lint: setup
 test: setup
 	$(VENV_PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: setup browser
+test-all: setup browser editors
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -56,7 +57,6 @@ bench-gpu: setup
 	$(VENV_PY) -m layerfusion_dev.bench_gpu --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
 
 # Debian's GIMP and Krita (as root: apt-get), for the slow test that flattens Save Layers' files in them.
-.PHONY: editors
 editors:
 	@$(PYTHON) -m layerfusion_dev.bootstrap editors
 
