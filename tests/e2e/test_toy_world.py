@@ -24,6 +24,7 @@ def _near(rgb: np.ndarray, colour: str) -> np.ndarray:
     return np.abs(rgb / 255.0 - np.array(scenes.OBJECT_COLOURS[colour])).max(axis=-1) < 0.25
 
 
+@pytest.mark.slow  # its semantics run in the quick tier in-process (test_toy_world_semantics); make test keeps its 4 minutes
 def test_layerfusion_workflow_runs_on_the_toy_world(server):
     shutil.copyfile(toy_models.FILES / toy_models.FG_LORA, server.models_dir / "layer_model" / toy_models.FG_LORA)
     graph = on_toy_model(load_api("layerfusion"), lora_name=toy_models.FG_LORA, steps=12, apply=toy_models.APPLY_SETTINGS)

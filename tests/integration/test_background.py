@@ -49,7 +49,7 @@ def sample(model, latent, conds, noise_rows=None, cfg=5.0):
                                noise_mask=latent.get("noise_mask"), seed=0, disable_pbar=True)
 
 
-@pytest.mark.parametrize("photos", [1, SETS])
+@pytest.mark.parametrize("photos", [1, pytest.param(SETS, marks=pytest.mark.slow)])
 def test_background_rows_end_at_the_photo_and_the_composite_outside_the_band_too(tiny, conds, photos):
     model, latent = with_background(fused(tiny), photos)
     out = sample(model, latent, conds)
@@ -84,7 +84,7 @@ def test_the_exact_hold_only_removes_float_rounding(tiny, conds):
     assert not torch.equal(raw[held], exact[held])  # ComfyUI's own result is off by float rounding (measured here)
 
 
-@pytest.mark.parametrize("broken", ["denoise_mask_function", "outer_sample"])
+@pytest.mark.parametrize("broken", [pytest.param("denoise_mask_function", marks=pytest.mark.slow), "outer_sample"])
 def test_the_guard_fires_when_a_hold_hook_does_not_run(tiny, conds, broken):
     model, latent = with_background(fused(tiny))
     broken_model = model.clone()
@@ -102,6 +102,7 @@ def test_the_guard_fires_when_a_hold_hook_does_not_run(tiny, conds, broken):
         sample(broken_model, latent, conds)
 
 
+@pytest.mark.slow
 def test_without_the_hold_the_composite_is_free_and_the_background_still_held(tiny, conds):
     model, latent = with_background(fused(tiny), hold=False)
     out = sample(model, latent, conds)
@@ -110,6 +111,7 @@ def test_without_the_hold_the_composite_is_free_and_the_background_still_held(ti
     assert (out[2::3] != latent["samples"][2::3]).float().mean() > 0.99  # generated everywhere
 
 
+@pytest.mark.slow
 def test_a_region_mask_keeps_the_photo_outside_it_for_the_whole_run(tiny, conds):
     region = torch.zeros(1, SIZE * 8, SIZE * 8)
     region[:, :64, :] = 1.0  # the top half may change

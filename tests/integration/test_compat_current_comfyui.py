@@ -279,7 +279,8 @@ def _merged_by_hand(lora_tensors: dict, kohya_tensors: dict, fg_weight: float, o
     return models
 
 
-@pytest.mark.parametrize("loader", ["full load", "low VRAM", "dynamic VRAM"])
+@pytest.mark.parametrize("loader", [pytest.param("full load", marks=pytest.mark.slow), pytest.param("low VRAM", marks=pytest.mark.slow),
+                                    "dynamic VRAM"])  # current ComfyUI's default in the quick tier, the others in the slow one
 def test_a_lora_chained_before_lora_apply_still_applies_and_no_proxy_sits_in_the_unet(tmp_path, loader):
     import comfy.model_patcher
     import comfy.sd

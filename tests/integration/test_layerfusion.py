@@ -183,6 +183,7 @@ def test_every_sdxl_block_blends_on_the_full_depth_model(tiny_full_unet, tiny, c
     assert record(model).blended == {(kind, key) for kind in ("attn1", "attn2") for key in SDXL_KEYS}
 
 
+@pytest.mark.slow  # run state between runs: test_run_state in the quick tier
 def test_two_runs_in_a_row_equal_each_run_alone(tiny, conds):
     first = apply(tiny.model, d=4.0, prior_mode="in_run")
     second = apply(tiny.model, d=20.0, bg_mode="bl_from_bg", prior_at=0.5)

@@ -70,7 +70,8 @@ def clone_as_current_comfyui(patcher):
 CLONES = {"ComfyUI 0.3.75's clone": lambda model: model.clone(), "current ComfyUI's clone": clone_as_current_comfyui}
 
 
-@pytest.mark.parametrize("clone", CLONES.values(), ids=CLONES.keys())
+@pytest.mark.parametrize("clone", [pytest.param(c, id=k, marks=[pytest.mark.slow] if k.startswith("current") else [])
+                                   for k, c in CLONES.items()])  # the emulated current clone in the slow tier
 def test_two_clones_sampled_one_after_the_other_keep_their_own_mask_records(tiny, conds, clone):
     applied = apply(tiny.model)
     first, second = clone(applied), clone(applied)  # e.g. two branches of a graph after one Apply

@@ -86,7 +86,7 @@ def test_detection_refuses_unknown_channel_counts_and_foreign_tensors():
 
 
 # ---- channel orders --------------------------------------------------------------------------
-@pytest.mark.parametrize("variant,marked_channel", [(SDXL, 0), (FLUX, 3)])  # the alpha channel of each decoder
+@pytest.mark.parametrize("variant,marked_channel", [pytest.param(SDXL, 0, marks=pytest.mark.slow), (FLUX, 3)])  # the alpha channel of each decoder
 def test_the_decoders_alpha_channel_lands_in_rgba_alpha(variant, marked_channel):
     """A real decoder module whose conv_out makes one output channel a constant 0.9 and the others 0.1:
     decode_rgba must put that channel last (alpha) for both variants."""
