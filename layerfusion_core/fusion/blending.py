@@ -44,14 +44,44 @@ def blend(
     a_fg: torch.Tensor, a_bg: torch.Tensor, a_bl: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor,
     mode: BgMode = BgMode.BG_FROM_BL, switches: BlendSwitches = BlendSwitches(),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The attention-level blend of one block: ``a_* [S, M, D]``, masks ``[S, M]`` -> new (fg, bg, bl)."""
-    soft, hard = soft.unsqueeze(-1).to(a_fg.dtype), hard.unsqueeze(-1).to(a_fg.dtype)
+    """The attention-level blend of one block: ``a_* [S, M, D]``, masks ``[S, M]`` -> new (fg, bg, bl).
+    `blend_stack` with one foreground (the same operations, so the same bits)."""
+    (fg,), bg, bl = blend_stack([a_fg], a_bg, a_bl, [soft], [hard], mode, switches)
+    return fg, bg, bl
+
+
+def union(softs: list[torch.Tensor]) -> torch.Tensor:
+    """Where any of several objects is: ``1 - prod(1 - soft_k)``, accumulated as ``u + s - u * s`` so
+    that one mask is returned as it is."""
+    out = softs[0]
+    for soft in softs[1:]:
+        out = out + soft - out * soft
+    return out
+
+
+def blend_stack(
+    a_fgs: list[torch.Tensor], a_bg: torch.Tensor, a_bl: torch.Tensor, softs: list[torch.Tensor],
+    hards: list[torch.Tensor], mode: BgMode = BgMode.BG_FROM_BL, switches: BlendSwitches = BlendSwitches(),
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The blend of one block with K foregrounds in z order (the first at the bottom), each with its
+    own masks: ``a_* [S, M, D]``, masks ``[S, M]`` -> new (fgs, bg, bl).
+
+    Foreground by foreground, bottom first, the object goes into the composite
+    (``bl = lerp(bl, a_fg_k, soft_k)``) and the composite as it is then (with the objects below it,
+    not yet those above) goes back into that object (``a'_fg_k = lerp(a_fg_k, bl, hard_k)``); the
+    background exchange (`BgMode`) then uses the union of the soft masks. One foreground is the
+    method's three-stream blend."""
+    if not len(a_fgs) == len(softs) == len(hards) >= 1:
+        raise ValueError(f"blend_stack: {len(a_fgs)} foregrounds, {len(softs)} soft and {len(hards)} hard masks")
     # torch.lerp(x, y, w) = x + w * (y - x) = y * w + x * (1 - w): one fused op, one new tensor each
-    bl = torch.lerp(a_bl, a_fg, soft) if switches.blend else a_bl
-    fg = torch.lerp(a_fg, bl, hard) if switches.fg else a_fg
+    softs = [s.unsqueeze(-1).to(a_bl.dtype) for s in softs]
+    bl, fgs = a_bl, []
+    for a_fg, soft, hard in zip(a_fgs, softs, hards):
+        bl = torch.lerp(bl, a_fg, soft) if switches.blend else bl
+        fgs.append(torch.lerp(a_fg, bl, hard.unsqueeze(-1).to(a_fg.dtype)) if switches.fg else a_fg)
     bg = a_bg
     if switches.bg and mode is BgMode.BG_FROM_BL:
-        bg = torch.lerp(bl, a_bg, soft)
+        bg = torch.lerp(bl, a_bg, union(softs))
     elif switches.bg and mode is BgMode.BL_FROM_BG:
-        bl = torch.lerp(a_bg, bl, soft)
-    return fg, bg, bl
+        bl = torch.lerp(a_bg, bl, union(softs))
+    return fgs, bg, bl
