@@ -68,7 +68,11 @@ def run(device_name: str, size: Size) -> dict:
         raise SystemExit("bench_gpu: --device cuda, but ComfyUI found no CUDA device here (use --device cpu for the smoke run)")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     meter = lambda: Meter(torch, device)
-    log = lambda text: print(f"[bench-gpu] {text}", file=sys.stderr, flush=True)
+
+    def log(text: str) -> None:
+        sys.stderr.write(f"[bench-gpu] {text}\n")
+        sys.stderr.flush()
+
     cases: dict[str, dict] = {}
 
     started = time.perf_counter()

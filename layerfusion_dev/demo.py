@@ -38,6 +38,11 @@ TOY_PHOTO = ("blue", "stripes")  # the toy prompts' background (workflows.TOY_PR
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft")
 
 
+def say(text: str, error: bool = False) -> None:
+    """One line of the demo's report: to stdout (what it did, the files it wrote) or stderr (why it stopped)."""
+    (sys.stderr if error else sys.stdout).write(text + "\n")
+
+
 def find_checkpoint(models_dirs: list[Path], wanted: str | None) -> str | None:
     """The checkpoint to use (a name relative to a checkpoints/ folder), or None."""
     for models in models_dirs:
@@ -114,31 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = find_checkpoint(models_dirs, args.checkpoint) if wants_real else None
     if wants_real and checkpoint is None:
         searched = ", ".join(str(p / "checkpoints") for p in models_dirs)
-        print(f"demo: no SDXL checkpoint {args.checkpoint or ''} in {searched}", file=sys.stderr)
+        say(f"demo: no SDXL checkpoint {args.checkpoint or ''} in {searched}", error=True)
         return 1
     graph = load_api(WORKFLOW)
     graph["layers"] = load_api(LAYERED_WORKFLOW)["layers"]  # the layered file too (same node ids)
     toy = not checkpoint and not args.tiny
     if checkpoint:
-        print(f"demo: real weights, checkpoint {checkpoint}")
+        say(f"demo: real weights, checkpoint {checkpoint}")
         graph = with_checkpoint(graph, checkpoint)
     elif args.tiny:
-        print("demo: the tiny random-weight model (its images are noise)")
+        say("demo: the tiny random-weight model (its images are noise)")
         graph = on_tiny_model(graph)
     else:
         if not (TOY_FILES / TOY_CHECKPOINT).is_file():
-            print(f"demo: the toy world's files are missing in {TOY_FILES}: run `make toy-world`", file=sys.stderr)
+            say(f"demo: the toy world's files are missing in {TOY_FILES}: run `make toy-world`", error=True)
             return 1
-        print("demo: the toy world (a tiny SDXL-architecture model trained here); on real SDXL weights: "
-              "make demo DEMO_ARGS='--models <ComfyUI>/models --checkpoint <sdxl>.safetensors'")
+        say("demo: the toy world (a tiny SDXL-architecture model trained here); on real SDXL weights: "
+            "make demo DEMO_ARGS='--models <ComfyUI>/models --checkpoint <sdxl>.safetensors'")
         graph = on_toy_model(graph, lora_name=TOY_LORA, apply=TOY_APPLY)
 
     needed = layer_model_files(graph)
     if checkpoint:
         missing = [name for name in needed if not any((m / "layer_model" / name).is_file() for m in models_dirs)]
         if missing:
-            print(f"demo: missing LayerDiffuse files in <models>/layer_model/: {', '.join(missing)}; download them from "
-                  "https://huggingface.co/LayerDiffusion/layerdiffusion-v1 (or run with --tiny)", file=sys.stderr)
+            say(f"demo: missing LayerDiffuse files in <models>/layer_model/: {', '.join(missing)}; download them from "
+                "https://huggingface.co/LayerDiffusion/layerdiffusion-v1 (or run with --tiny)", error=True)
             return 1
     args.output.mkdir(parents=True, exist_ok=True)
     started, wall_start = time.monotonic(), time.time()
@@ -152,21 +157,21 @@ def main(argv: list[str] | None = None) -> int:
         with server:
             outputs = server.run(graph, timeout=3600)
             if checkpoint and args.photo is None:
-                print("demo: the own-background workflow needs --photo <picture> on real weights; skipped")
+                say("demo: the own-background workflow needs --photo <picture> on real weights; skipped")
             else:
                 write_photo(server.base / "input" / PHOTO_NAME, args.photo, toy)
                 outputs.update({f"photo_{k}": v for k, v in server.run(photo_graph(checkpoint, args.tiny), timeout=3600).items()})
     except ServerError as err:
-        print(f"demo: failed: {err}", file=sys.stderr)
+        say(f"demo: failed: {err}", error=True)
         return 1
     paths = output_paths(outputs, args.output)
     paths += sorted(p for p in args.output.rglob("*layers_*") if p.suffix in (".psd", ".ora") and p.stat().st_mtime >= wall_start)
     if not paths:
-        print("demo: the workflow finished but saved no image", file=sys.stderr)
+        say("demo: the workflow finished but saved no image", error=True)
         return 1
-    print(f"demo: done in {time.monotonic() - started:.0f}s; wrote:")
+    say(f"demo: done in {time.monotonic() - started:.0f}s; wrote:")
     for path in paths:
-        print(f"  {path}")
+        say(f"  {path}")
     return 0
 
 

@@ -51,7 +51,7 @@ def main(source: str, target: str) -> int:
     draw.text((10, PANEL + 38), f"make demo, real pipeline, weights: {source}", fill=(255, 210, 120))
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(target)
-    print(f"wrote {target}")
+    sys.stdout.write(f"wrote {target}\n")
     return 0
 
 

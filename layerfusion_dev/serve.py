@@ -29,7 +29,7 @@ def main() -> int:
                          base_dir=base, output_dir=REPO / "output", startup_timeout=300)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with server:
-        print(f"ComfyUI with LayerFusion: {server.url}  (log: {server.log_path}; Ctrl-C stops it)")
+        sys.stdout.write(f"ComfyUI with LayerFusion: {server.url}  (log: {server.log_path}; Ctrl-C stops it)\n")
         try:
             server.process.wait()
         except KeyboardInterrupt:

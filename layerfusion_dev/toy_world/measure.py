@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -278,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     text = table(result["summary_on"], result["summary_off"], args.seeds)
     (args.out / "table.md").write_text(text + "\n")
-    print(text)
-    print("structure prior top-area IoU with the object (on):", "{:.3f} ± {:.3f}".format(*result["summary_on"]["structure_iou"]))
+    lines = [text, "structure prior top-area IoU with the object (on): {:.3f} ± {:.3f}".format(*result["summary_on"]["structure_iou"])]
     for block, values in result["blocks"].items():
-        print(f"  soft mask at the extraction step, {block}: top-area IoU {values['soft_top_iou']:.3f}, mean {values['soft_mean']:.3f}")
+        lines.append(f"  soft mask at the extraction step, {block}: top-area IoU {values['soft_top_iou']:.3f}, mean {values['soft_mean']:.3f}")
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
