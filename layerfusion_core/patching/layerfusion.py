@@ -13,15 +13,12 @@ that every patch ran (`HookPointError` otherwise: no silent no-op); when the run
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
 
 import comfy.model_patcher
 import comfy.patcher_extension
-import comfy.utils
 import torch
 
 from ..fusion import photo
@@ -31,14 +28,13 @@ from ..layout.rows import BatchLayoutError, Branch, RowSelector
 from ..layout.streams import STREAMS_PER_SET, Stream
 from .attention import BlendOutput, FusionCall, PriorProbe
 from .calls import UnetArgs, call_rows, enable_layered_batch, run_call, take_rows
+from .holds import BACKGROUND_NODE, DenoiseMasks, exact_holds
 from .hook_points import hook_point_error
 from .model_info import transformer_keys
 from .options import CALL_OPTION, EOS_KEY, FUSION_OPTION, FUSION_WRAPPER_KEY, RUN_OPTION, set_transformer_option, transformer_option
 
 log = logging.getLogger(__name__)
 NODE = "LayerFusion Apply"
-BACKGROUND_NODE = "LayerFusion Background"
-HOLD_TOLERANCE = 1e-3  # a held element further than this (relative) from the input: the sampler did not hold it
 
 
 class FusionModelError(ValueError):
@@ -132,42 +128,6 @@ def _check_sampler_input(noise: torch.Tensor, model_options: dict) -> None:
         )
 
 
-@dataclasses.dataclass
-class _FinalMask:
-    """Where a run leaves the inpainting mask of its last step, for `_exact_holds`."""
-
-    mask: torch.Tensor | None = None
-
-
-_FINAL_MASK: contextvars.ContextVar[_FinalMask | None] = contextvars.ContextVar("layerfusion_final_mask", default=None)
-
-
-@dataclasses.dataclass
-class _DenoiseMasks:
-    """The run's ``denoise_mask_function``: any earlier one first, then, from the hold's start on and
-    once the prior exists, the blend rows held outside the band; remembers the joint run's last mask."""
-
-    run: FusionRun
-    sigma_hold: float | None  # the hold starts at this sigma (None: no hold)
-    previous: Callable | None
-    last: torch.Tensor | None = None
-
-    def __call__(self, sigma: torch.Tensor, denoise_mask: torch.Tensor, extra_options: dict | None = None, **kwargs) -> torch.Tensor:
-        if self.previous is not None:
-            denoise_mask = self.previous(sigma, denoise_mask, extra_options=extra_options)
-        run = self.run
-        if run.phase is not Phase.JOINT:
-            return denoise_mask
-        hold = run.settings.hold
-        if (hold is not None and self.sigma_hold is not None and run.prior is not None and run.settings.switches.any
-                and float(sigma.max()) <= self.sigma_hold):
-            run.band = photo.hold_band(run.prior, run.prior_grid, run.last_content.get(run.settings.structure_block),
-                                       run.settings.d, run.settings.norm_quantile, tuple(denoise_mask.shape[-2:]), hold)
-            denoise_mask = photo.held_blend_rows(denoise_mask, run.band)
-        self.last = denoise_mask
-        return denoise_mask
-
-
 def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
                    *args, **kwargs):
     """SAMPLER_SAMPLE wrapper: one LayerFusion generation (the prior pass first, when chosen)."""
@@ -190,7 +150,7 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     denoise_masks = None
     if denoise_mask is not None:
         sigma_hold = None if settings.hold is None else sampling.percent_to_sigma(settings.hold.start)
-        denoise_masks = _DenoiseMasks(run, sigma_hold, model_options.get("denoise_mask_function"))
+        denoise_masks = DenoiseMasks(run, sigma_hold, model_options.get("denoise_mask_function"))
         run_model_options["denoise_mask_function"] = denoise_masks
     extra_args = {**extra_args, "model_options": run_model_options}
     if settings.prior_mode is PriorMode.PRIOR_PASS:
@@ -207,44 +167,8 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
         _check_fusion_ran(run, patch.keys, Phase.JOINT)
         patch.records.publish(run.record())
     if denoise_masks is not None and steps:
-        final = _FINAL_MASK.get()
-        if denoise_masks.last is None:
-            raise hook_point_error(NODE, "the sampler never called the run's denoise_mask_function (ComfyUI's inpainting mask "
-                                         "hook), so the composite was not held to the photo")
-        if final is None:
-            raise hook_point_error(NODE, "LayerFusion's OUTER_SAMPLE wrapper did not run, so the latent rows the inpainting "
-                                         "mask holds were not made exactly the input latent")
-        final.mask = denoise_masks.last
+        denoise_masks.hand_over()
     return out
-
-
-def _exact_holds(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: where the last step's inpainting mask is 0, the output is the input
-    latent itself (the sampler's own result there differs from it by float rounding only; a larger
-    difference means the sampler did not hold those elements, and is logged)."""
-    if denoise_mask is None:
-        return executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
-    final = _FinalMask()
-    token = _FINAL_MASK.set(final)
-    try:
-        out = executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
-    finally:
-        _FINAL_MASK.reset(token)
-    mask = final.mask if final.mask is not None else comfy.utils.reshape_mask(denoise_mask, out.shape)
-    if tuple(mask.shape) != tuple(out.shape) or tuple(latent_image.shape) != tuple(out.shape):
-        log.warning("%s: the inpainting mask %s or the input %s does not match the sampler's output %s; held rows "
-                    "are left as the sampler made them", NODE, tuple(mask.shape), tuple(latent_image.shape), tuple(out.shape))
-        return out
-    held = (mask == 0).to(out.device)
-    if not bool(held.any()):
-        return out
-    source = latent_image.to(device=out.device, dtype=out.dtype)
-    drift = float((out - source).abs().masked_select(held).max())
-    scale = 1.0 + float(source.abs().masked_select(held).max())
-    if drift > HOLD_TOLERANCE * scale:
-        log.warning("%s: the sampler moved held latent elements by up to %.3g (it may ignore inpainting masks); they are "
-                    "set back to the input latent", NODE, drift)
-    return torch.where(held, source, out)
 
 
 def _own_record_slot(original: comfy.model_patcher.ModelPatcher, clone: comfy.model_patcher.ModelPatcher, *args, **kwargs) -> None:
@@ -279,7 +203,7 @@ def apply_layerfusion(model: comfy.model_patcher.ModelPatcher, settings: FusionS
     patched.add_wrapper_with_key(kind, FUSION_WRAPPER_KEY, _fusion_sample)
     outer = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
     patched.remove_wrappers_with_key(outer, FUSION_WRAPPER_KEY)
-    patched.add_wrapper_with_key(outer, FUSION_WRAPPER_KEY, _exact_holds)
+    patched.add_wrapper_with_key(outer, FUSION_WRAPPER_KEY, exact_holds)
     patched.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLONE, FUSION_WRAPPER_KEY, _own_record_slot)
     log.info("LayerFusion on %d transformer blocks; structure prior from %s; %s", len(keys), settings.structure_block, settings)
     return patched

@@ -200,16 +200,18 @@ def table(on: dict[str, tuple[float, float]], off: dict[str, tuple[float, float]
     return "\n".join(lines)
 
 
+def checker(rgba: torch.Tensor) -> torch.Tensor:
+    """``rgba`` ``[H, W, 4]`` (straight alpha) over a grey checkerboard of 16 px squares: ``[H, W, 3]``."""
+    h, w = rgba.shape[:2]
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    board = torch.where(((ys // 16 + xs // 16) % 2 == 0), 0.8, 0.6).unsqueeze(-1).expand(h, w, 3)
+    return rgba[..., :3] * rgba[..., 3:] + board * (1 - rgba[..., 3:])
+
+
 def picture(runs: list[tuple[Run, Run]], path: Path) -> None:
     """Rows: one case; columns (on): fg over a checkerboard, bg, blend, hard mask; then the same off."""
     import numpy as np
     from PIL import Image
-
-    def checker(rgba: torch.Tensor) -> torch.Tensor:
-        h, w = rgba.shape[:2]
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        board = torch.where(((ys // 16 + xs // 16) % 2 == 0), 0.8, 0.6).unsqueeze(-1).expand(h, w, 3)
-        return rgba[..., :3] * rgba[..., 3:] + board * (1 - rgba[..., 3:])
 
     rows = []
     for on, off in runs:

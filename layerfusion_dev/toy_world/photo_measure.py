@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, cases, summarise
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, cases, checker, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("blend_iou", "bg_exact", "outside_exact", "near_acts", "near_level", "far_acts", "unbanded_acts")
@@ -126,12 +126,6 @@ def picture(runs: list[tuple[PhotoRun, PhotoRun]], path: Path) -> None:
     from PIL import Image
 
     from layerfusion.layerfusion_core import light_shadow
-
-    def checker(rgba: torch.Tensor) -> torch.Tensor:
-        h, w = rgba.shape[:2]
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        board = torch.where(((ys // 16 + xs // 16) % 2 == 0), 0.8, 0.6).unsqueeze(-1).expand(h, w, 3)
-        return rgba[..., :3] * rgba[..., 3:] + board * (1 - rgba[..., 3:])
 
     rows = []
     for on, off in runs:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     model, clip, _vae = models.load_checkpoint(args.checkpoint)
     if not args.no_lora:
         merge_lora(model.model.diffusion_model, args.lora)
-    print(report(probe(model, clip, transparent=not args.no_lora, count=args.count)))  # noqa: T201 (a dev tool's output)
+    sys.stdout.write(report(probe(model, clip, transparent=not args.no_lora, count=args.count)) + "\n")
     return 0
 
 

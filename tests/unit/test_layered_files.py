@@ -46,12 +46,17 @@ def test_the_test_image_is_real_rgba_with_partial_alpha():
     assert alpha.min() == 0 and alpha.max() == 255 and ((alpha > 0) & (alpha < 255)).sum() > 100
 
 
+def written_and_read(folder, kind: str, layers):
+    """``layers`` written as a ``kind`` file in ``folder`` and read back by the independent reader."""
+    path = folder / f"layers.{kind}"
+    layered_files.WRITERS[kind](path, layers)
+    return READERS[kind](path)
+
+
 @pytest.mark.parametrize("kind", layered_files.FORMATS)
 def test_a_written_file_reads_back_exactly_with_an_independent_reader(tmp_path, kind):
     layers = layer_stack()
-    path = tmp_path / f"layers.{kind}"
-    layered_files.WRITERS[kind](path, layers)
-    read, merged, size = READERS[kind](path)
+    read, merged, size = written_and_read(tmp_path, kind, layers)
     assert size == (128, 128)
     assert [(r.name, r.visible) for r in read] == [("background", True), ("foreground", True), ("composite", False)]
     for written, back in zip(layers, read):
@@ -114,9 +119,7 @@ def blended_stack(seed: int = 0) -> list[Layer]:
 @pytest.mark.parametrize("kind", layered_files.FORMATS)
 def test_blend_modes_are_written_as_the_formats_name_them_and_merged_flattens_as_the_naive_flattening(tmp_path, kind):
     layers = blended_stack()
-    path = tmp_path / f"blended.{kind}"
-    layered_files.WRITERS[kind](path, layers)
-    read, merged, _size = READERS[kind](path)
+    read, merged, _size = written_and_read(tmp_path, kind, layers)
     keys = {"psd": ["norm", "mul ", "lddg", "norm"], "ora": ["svg:src-over", "svg:multiply", "svg:plus", "svg:src-over"]}
     assert [r.blend for r in read] == keys[kind]
     assert all(np.array_equal(back.pixels, written.pixels) for written, back in zip(layers, read))
