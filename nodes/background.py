@@ -7,8 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..layerfusion_core.fusion.photo import PhotoHold
-from ..layerfusion_core.layout.latents import LATENT_SCALE, is_layered, with_photo
-from ..layerfusion_core.layout.streams import STREAMS_PER_SET
+from ..layerfusion_core.layout.latents import LATENT_SCALE, LAYERED_KEY, is_layered, with_photo
 from ..layerfusion_core.patching.layerfusion import FusionModelError, hold_photo
 from .common import CATEGORY, node_error, require_finite
 
@@ -20,8 +19,7 @@ def _pixels(shape: torch.Size) -> str:
     return f"{shape[-1] * LATENT_SCALE}x{shape[-2] * LATENT_SCALE}"
 
 
-def _check_photo(latent: torch.Tensor, photo: torch.Tensor) -> None:
-    sets = latent.shape[0] // STREAMS_PER_SET
+def _check_photo(latent: torch.Tensor, photo: torch.Tensor, sets: int) -> None:
     if photo.ndim != 4 or photo.shape[1] != latent.shape[1]:
         raise node_error(BACKGROUND, "photo", f"has shape {tuple(photo.shape)}, the latent {latent.shape[1]} channels per row",
                          "Encode the photo with VAE Encode and the same checkpoint's VAE.")
@@ -34,11 +32,11 @@ def _check_photo(latent: torch.Tensor, photo: torch.Tensor) -> None:
                          "Give one photo (used for every set) or one per set.")
 
 
-def _region(latent: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+def _region(latent: torch.Tensor, mask: torch.Tensor | None, sets: int) -> torch.Tensor | None:
     if mask is None:
         return None
     mask = mask[None] if mask.ndim == 2 else mask
-    sets, size = latent.shape[0] // STREAMS_PER_SET, (latent.shape[-2] * LATENT_SCALE, latent.shape[-1] * LATENT_SCALE)
+    size = (latent.shape[-2] * LATENT_SCALE, latent.shape[-1] * LATENT_SCALE)
     if mask.ndim != 3 or tuple(mask.shape[-2:]) != size:
         shown = f"{mask.shape[-1]}x{mask.shape[-2]}" if mask.ndim == 3 else f"shape {tuple(mask.shape)}"
         raise node_error(BACKGROUND, "mask", f"is {shown}, the photo {size[1]}x{size[0]}",
@@ -108,8 +106,9 @@ class LayerFusionBackground(io.ComfyNode):
             raise node_error(BACKGROUND, "latent", f"is not a LayerFusion batch ({samples.shape[0]} rows, no layered sets)",
                              "Connect LayerFusion Empty Latent here, and the photo's VAE Encode to 'photo'.")
         require_finite(BACKGROUND, "photo", photo["samples"])
-        _check_photo(samples, photo["samples"])
-        region = _region(samples, mask if mask is not None else _photo_mask(samples, photo.get("noise_mask")))
+        sets = latent[LAYERED_KEY]
+        _check_photo(samples, photo["samples"], sets)
+        region = _region(samples, mask if mask is not None else _photo_mask(samples, photo.get("noise_mask")), sets)
         hold = PhotoHold(hold_from, dilate_px, feather_px) if hold_composite else None
         try:
             held = hold_photo(model, hold)

@@ -9,6 +9,7 @@ from ..layerfusion_core.fusion import conditioning as cond_core
 from ..layerfusion_core.fusion import mask_pictures
 from ..layerfusion_core.fusion.blending import BgMode, BlendSwitches
 from ..layerfusion_core.fusion.settings import FusionSettings, PriorMode
+from ..layerfusion_core.layout.streams import MAX_FOREGROUNDS
 from ..layerfusion_core.patching.layerfusion import FusionModelError, apply_layerfusion, fusion_patch
 from ..layerfusion_core.patching.options import EOS_KEY
 from .common import CATEGORY, advanced, node_error, require_finite, require_sdxl
@@ -26,6 +27,34 @@ def _encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return cond, pooled, tokens
 
 
+EXTRA_FOREGROUNDS = tuple(f"fg_{k}" for k in range(2, MAX_FOREGROUNDS + 1))
+
+
+def _extra_foreground_inputs() -> list[io.String.Input]:
+    inputs = []
+    for name in EXTRA_FOREGROUNDS:
+        inputs.append(io.String.Input(name, multiline=True, default="", optional=True,
+                                      tooltip="Optional: one more transparent foreground, above the ones before it (z order: fg at "
+                                              "the bottom). Each filled one adds a foreground row to every set: give LayerFusion "
+                                              "Empty Latent as many foregrounds. Empty: not used."))
+        inputs.append(io.String.Input(f"{name}_negative", multiline=True, default="", optional=True,
+                                      tooltip=f"Optional: {name}'s own negative prompt (else fg_negative, else the shared one)."))
+    return inputs
+
+
+def _foregrounds(fg: str, fg_negative: str, extras: dict[str, str]) -> list[tuple[str, str]]:
+    """(prompt, own negative) of each foreground in z order: fg, then the filled extra ones."""
+    out = [(fg, fg_negative)]
+    for name in EXTRA_FOREGROUNDS:
+        prompt, own = extras.get(name, ""), extras.get(f"{name}_negative", "")
+        if prompt.strip():
+            out.append((prompt, own if own.strip() else fg_negative))
+        elif own.strip():
+            raise node_error(CONDITIONING, f"{name}_negative", f"is set but {name} is empty",
+                             f"Write {name}'s prompt, or clear its negative.")
+    return out
+
+
 class LayerFusionConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -33,8 +62,9 @@ class LayerFusionConditioning(io.ComfyNode):
             node_id="LayerFusionConditioning",
             display_name=CONDITIONING,
             category=CATEGORY,
-            description="Encode the foreground, background and blend prompts into one conditioning for the three-stream "
-                        "batch (fg, bg, blend). Each stream keeps its own prompt and its own guidance.",
+            description="Encode the foreground, background and blend prompts into one conditioning for the layered batch "
+                        "(fg, bg, blend; with fg_2.. filled, several foregrounds, each its own transparent layer). Each stream "
+                        "keeps its own prompt and its own guidance.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The SDXL checkpoint's CLIP."),
                 io.String.Input("fg", multiline=True, default="", tooltip="The transparent foreground (the object alone)."),
@@ -48,24 +78,26 @@ class LayerFusionConditioning(io.ComfyNode):
                                 tooltip="Optional: the background's own negative prompt."),
                 io.String.Input("blend_negative", multiline=True, default="", optional=True,
                                 tooltip="Optional: the blend's own negative prompt."),
+                *_extra_foreground_inputs(),
             ],
             outputs=[io.Conditioning.Output("positive_out", display_name="positive",
-                                            tooltip="[fg, bg, blend] prompts, for the sampler's positive."),
+                                            tooltip="[fg.., bg, blend] prompts, for the sampler's positive."),
                      io.Conditioning.Output("negative_out", display_name="negative",
-                                            tooltip="[fg, bg, blend] negatives, for the sampler's negative.")],
+                                            tooltip="[fg.., bg, blend] negatives, for the sampler's negative.")],
         )
 
     @classmethod
     def execute(cls, clip, fg: str, bg: str, blend: str, negative: str, fg_negative: str = "", bg_negative: str = "",
-                blend_negative: str = "") -> io.NodeOutput:
+                blend_negative: str = "", **extras: str) -> io.NodeOutput:
         if clip is None:
             raise node_error(CONDITIONING, "clip", "is empty", "Connect the checkpoint's CLIP.")
-        prompts = (fg, bg, cond_core.blend_prompt(fg, bg, blend))
+        fgs = _foregrounds(fg, fg_negative, extras)
+        prompts = (*(p for p, _ in fgs), bg, cond_core.blend_prompt([p for p, _ in fgs], bg, blend))
         encoded = [_encode(clip, text) for text in prompts]
-        negatives = [_encode(clip, own if own.strip() else negative) for own in (fg_negative, bg_negative, blend_negative)]
+        negatives = [_encode(clip, own if own.strip() else negative) for own in (*(n for _, n in fgs), bg_negative, blend_negative)]
         pos, pos_pooled = cond_core.stack_streams([(c, p) for c, p, _ in encoded])
         neg, neg_pooled = cond_core.stack_streams([(c, p) for c, p, _ in negatives])
-        eos = cond_core.eos_index(encoded[0][2])
+        eos = tuple(cond_core.eos_index(tokens) for _, _, tokens in encoded[:len(fgs)])
         return io.NodeOutput([[pos, {"pooled_output": pos_pooled, EOS_KEY: eos}]],
                              [[neg, {"pooled_output": neg_pooled}]])
 

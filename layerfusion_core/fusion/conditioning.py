@@ -1,4 +1,5 @@
-"""Three prompts -> one batched conditioning for the [fg, bg, blend] layout (plain functions)."""
+"""The prompts of a layered set -> one batched conditioning for its layout ([fg_1..fg_K, bg, blend];
+plain functions)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import torch
 CLIP_END_TOKEN = 49407
 
 
-def blend_prompt(fg: str, bg: str, blend: str) -> str:
-    """The blend stream's prompt: as given, or ``"<fg>, <bg>"`` when empty."""
-    return blend if blend.strip() else f"{fg.strip()}, {bg.strip()}"
+def blend_prompt(fg: str | Sequence[str], bg: str, blend: str) -> str:
+    """The blend stream's prompt: as given, or ``"<fg>, <bg>"`` when empty (``"<fg_1>, .., <fg_K>, <bg>"``
+    for several foregrounds)."""
+    fgs = [fg] if isinstance(fg, str) else list(fg)
+    return blend if blend.strip() else ", ".join([*(f.strip() for f in fgs), bg.strip()])
 
 
 def eos_index(tokens: Mapping[str, Sequence[Sequence]]) -> int:
@@ -36,6 +39,6 @@ def equalize_tokens(conds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def stack_streams(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cond ``[1, T, C]``, pooled ``[1, P]``) per stream, in [fg, bg, blend] order -> ``[3, L, C]``, ``[3, P]``."""
+    """(cond ``[1, T, C]``, pooled ``[1, P]``) per row of a set, in layout order -> ``[R, L, C]``, ``[R, P]``."""
     conds = equalize_tokens([c for c, _ in parts])
     return torch.cat(conds, dim=0), torch.cat([p for _, p in parts], dim=0)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layout.latents import LATENT_SCALE
-from ..layout.streams import STREAMS_PER_SET, Stream
+from ..layout.streams import THREE_STREAMS, Layout, Stream
 from .blending import masks
 from .priors import resize_map
 
@@ -61,18 +61,19 @@ def band(hard: torch.Tensor, dilate_cells: int, feather_cells: int) -> torch.Ten
 
 
 def hold_band(prior: torch.Tensor, prior_grid: tuple[int, int], content: torch.Tensor | None, d: float,
-              norm_quantile: float, latent_grid: tuple[int, int], hold: PhotoHold) -> torch.Tensor:
-    """The band ``[N, h, w]`` on the latent grid from the structure prior ``[N, M]`` on ``prior_grid``
-    and the structure block's content map (``[N, M]``, None before the first one)."""
+              norm_quantile: float, latent_grid: tuple[int, int], hold: PhotoHold, layout: Layout = THREE_STREAMS) -> torch.Tensor:
+    """The band ``[N, h, w]`` on the latent grid from the structure prior ``[N * K, M]`` on ``prior_grid``
+    and the structure block's content map (``[N * K, M]``, None before the first one): around the
+    union of the K objects of each set."""
     _soft, hard = masks(prior, content, d, norm_quantile)
-    hard = resize_map(hard.float(), prior_grid, latent_grid).view(-1, *latent_grid)
+    hard = resize_map(hard.float(), prior_grid, latent_grid).view(-1, layout.foregrounds, *latent_grid).amax(dim=1)
     return band(hard, hold.dilate_cells, hold.feather_cells)
 
 
-def held_blend_rows(denoise_mask: torch.Tensor, band_map: torch.Tensor) -> torch.Tensor:
-    """``denoise_mask [3N, C, h, w]`` (1 = generate) with each set's blend row multiplied by its band
-    ``[N, h, w]`` (a new tensor; the other rows unchanged)."""
+def held_blend_rows(denoise_mask: torch.Tensor, band_map: torch.Tensor, layout: Layout = THREE_STREAMS) -> torch.Tensor:
+    """``denoise_mask [N * per_set, C, h, w]`` (1 = generate) with each set's blend row multiplied by its
+    band ``[N, h, w]`` (a new tensor; the other rows unchanged)."""
     out = denoise_mask.clone()
-    blend = out[int(Stream.BLEND)::STREAMS_PER_SET]
-    out[int(Stream.BLEND)::STREAMS_PER_SET] = blend * band_map[:, None].to(blend)
+    rows = layout.rows(out.shape[0], Stream.BLEND).to(out.device)
+    out[rows] = out[rows] * band_map[:, None].to(out)
     return out

@@ -61,13 +61,17 @@ def structure_prior(q: torch.Tensor, k: torch.Tensor, heads: int, max_elements: 
     return 1.0 - torch.where(resolvable, minmax_norm(s), torch.zeros_like(s))
 
 
-def content_confidence(q: torch.Tensor, k: torch.Tensor, heads: int, eos_index: int) -> torch.Tensor:
+def content_confidence(q: torch.Tensor, k: torch.Tensor, heads: int, eos_index: int | torch.Tensor) -> torch.Tensor:
     """The head-averaged cross-attention probability of text token ``eos_index``: ``[S, M]`` in [0, 1].
 
-    ``q [S, M, heads*dim]``, ``k [S, T, heads*dim]`` (T text tokens)."""
+    ``q [S, M, heads*dim]``, ``k [S, T, heads*dim]`` (T text tokens); ``eos_index`` one token for
+    every image, or a long tensor ``[S]`` with each image's own (each foreground's prompt)."""
     qh, kh = _heads(q.float(), heads), _heads(k.float(), heads)
     probs = torch.softmax(qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5, dim=-1)  # [S, h, M, T]
-    return probs[..., eos_index].mean(dim=1)
+    if isinstance(eos_index, int):
+        return probs[..., eos_index].mean(dim=1)
+    index = eos_index.to(probs.device).view(-1, 1, 1, 1).expand(*probs.shape[:-1], 1)
+    return probs.gather(-1, index)[..., 0].mean(dim=1)
 
 
 def resize_map(values: torch.Tensor, grid: tuple[int, int], to_grid: tuple[int, int]) -> torch.Tensor:

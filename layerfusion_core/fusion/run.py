@@ -14,6 +14,7 @@ import enum
 
 import torch
 
+from ..layout.streams import Layout
 from .settings import BlockKey, FusionSettings, PriorMode
 
 
@@ -25,11 +26,11 @@ class Phase(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class MaskRecord:
     """What one finished run leaves for inspection: the structure prior, the soft mask of every
-    cross-attention blend (FG cond rows, one map per layered set) per block and joint-run step, and
-    the counters of the calls and blends that ran."""
+    cross-attention blend (FG cond rows: one map per foreground of each layered set, set by set) per
+    block and joint-run step, and the counters of the calls and blends that ran."""
 
-    structure: torch.Tensor  # [N, h, w]
-    soft: dict[tuple[BlockKey, int], torch.Tensor]  # (block, step) -> [N, h, w]
+    structure: torch.Tensor  # [N * K, h, w]
+    soft: dict[tuple[BlockKey, int], torch.Tensor]  # (block, step) -> [N * K, h, w]
     extractions: int
     extraction_step: int | None
     extraction_phase: Phase | None
@@ -38,6 +39,7 @@ class MaskRecord:
     blend_calls: int
     blended: frozenset[tuple[str, BlockKey]]  # (attn1 | attn2, block) where a blend ran
     band: torch.Tensor | None = None  # [N, h, w]: the last band the composite was free in (LayerFusion Background)
+    foregrounds: int = 1  # K, foregrounds per layered set
 
 
 class RecordSlot:
@@ -72,12 +74,12 @@ class FusionRun:
     """One generation: created when sampling starts, dropped when it ends."""
 
     settings: FusionSettings
-    eos_index: int
+    eos: tuple[int, ...]  # each foreground prompt's EOS token index, z order (K = its length)
     sigma_extract: float
     sigma_blend_start: float
     sigma_blend_end: float
     phase: Phase = Phase.JOINT
-    prior: torch.Tensor | None = None  # s' [N, M] of the structure block
+    prior: torch.Tensor | None = None  # s' [N * K, M] of the structure block (the FG rows, set by set)
     prior_grid: tuple[int, int] | None = None
     last_content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
     step: int = -1  # index of the current UNet call in the current phase
@@ -90,6 +92,16 @@ class FusionRun:
     extraction_phase: Phase | None = None
     soft: dict[tuple[BlockKey, int], torch.Tensor] = dataclasses.field(default_factory=dict)
     band: torch.Tensor | None = None  # the last band of the composite's hold (photo.hold_band)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(len(self.eos))
+
+    def eos_rows(self, rows: int) -> int | torch.Tensor:
+        """The EOS token of each of ``rows`` foreground rows (set by set): one index for one foreground."""
+        if len(self.eos) == 1:
+            return self.eos[0]
+        return torch.tensor(self.eos).repeat(rows // len(self.eos))
 
     def begin_call(self, sigma: float) -> tuple[bool, bool]:
         """Start a UNet call at ``sigma``: returns (extract the prior in it, blend in it)."""
@@ -135,5 +147,5 @@ class FusionRun:
             soft=dict(self.soft), extractions=self.extractions, extraction_step=self.extraction_step,
             extraction_phase=self.extraction_phase, prior_pass_calls=self.calls[Phase.PRIOR_PASS],
             joint_calls=self.calls[Phase.JOINT], blend_calls=self.blend_calls, blended=frozenset(self.blended),
-            band=None if self.band is None else self.band.detach().float().cpu(),
+            band=None if self.band is None else self.band.detach().float().cpu(), foregrounds=len(self.eos),
         )

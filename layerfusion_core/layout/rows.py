@@ -6,7 +6,7 @@ import enum
 
 import torch
 
-from .streams import STREAMS_PER_SET, Stream
+from .streams import Stream
 
 
 class Branch(str, enum.Enum):
@@ -29,8 +29,9 @@ class RowSelector:
 
     ``rows`` is the batch size of the call and ``chunks`` the number of cond/uncond chunks in it
     (row ``c * per_chunk + r`` is row ``r`` of chunk ``c``). ``streams`` lists the streams of a
-    chunk's rows in their repeating order: ``(FG, BG, BLEND)`` for a LayerFusion batch, ``(FG,)``
-    for the FG-only prior pass, None for a plain batch (where `fg` and `all` own every row).
+    chunk's rows in their repeating order: a `Layout`'s roles for a LayerFusion batch (``(FG, BG,
+    BLEND)`` with one foreground), ``(FG,)`` for the FG-only prior pass, None for a plain batch
+    (where `fg` and `all` own every row).
     """
 
     def __init__(self, rows: int, chunks: int, streams: tuple[Stream, ...] | None, device: torch.device) -> None:
@@ -39,9 +40,10 @@ class RowSelector:
         self._cache: dict[object, torch.Tensor | None] = {}
         if streams is not None and (rows % self.chunks or self.per_chunk % len(streams)):
             raise BatchLayoutError(
-                f"LayerFusion: the model runs the three-stream layout, but this latent batch has {rows // self.chunks} rows "
-                f"(seen as {rows} rows in {self.chunks} cond/uncond chunks), not {STREAMS_PER_SET} rows (fg, bg, blend) per layered set. "
-                "Start the latent with LayerFusion Empty Latent and do not change its batch size."
+                f"LayerFusion: the model runs the layered layout, but this latent batch has {rows // self.chunks} rows "
+                f"(seen as {rows} rows in {self.chunks} cond/uncond chunks), not a whole number of sets of {len(streams)} rows "
+                f"({', '.join(s.label for s in streams)}). Start the latent with LayerFusion Empty Latent (with as many "
+                "foregrounds as LayerFusion Conditioning has prompts) and do not change its batch size."
             )
 
     def rows_for(self, branch: Branch) -> torch.Tensor | None:
@@ -59,15 +61,17 @@ class RowSelector:
                 "this model, fed by LayerFusion Empty Latent); this model runs a plain batch. Use branch 'fg' or 'all'."
             )
         index = torch.arange(self.rows, device=self.device)
-        if branch.stream not in self.streams:
+        offsets = self.offsets(branch.stream)
+        if not offsets:
             return index[:0]
         period = len(self.streams)
-        return index[(index % self.per_chunk) % period == self.streams.index(branch.stream)]
+        return index[torch.isin((index % self.per_chunk) % period, torch.tensor(offsets, device=self.device))]
 
-
-FULL_STREAMS: tuple[Stream, ...] = tuple(Stream)
+    def offsets(self, stream: Stream) -> list[int]:
+        """Where ``stream``'s rows sit in each set of this call."""
+        return [i for i, role in enumerate(self.streams or ()) if role is stream]
 
 
 def stream_view(t: torch.Tensor, selector: RowSelector) -> torch.Tensor:
-    """``t [rows, ...]`` as ``[chunks, sets, streams, ...]`` (a view: rows are interleaved per chunk)."""
+    """``t [rows, ...]`` as ``[chunks, sets, rows per set, ...]`` (a view: rows are interleaved per chunk)."""
     return t.view(selector.chunks, -1, len(selector.streams), *t.shape[1:])

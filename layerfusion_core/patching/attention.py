@@ -63,8 +63,8 @@ class PriorProbe:
 
     def _read(self, call: FusionCall, key: BlockKey, n, context, extra_options) -> None:
         selector = call.rows.selector
-        fg = selector.streams.index(Stream.FG)
-        n_fg, ctx_fg = (stream_view(t, selector)[call.rows.cond_chunk, :, fg] for t in (n, context))
+        fgs = selector.offsets(Stream.FG)  # the foreground rows of each set (all of them in the prior pass)
+        n_fg, ctx_fg = (stream_view(t, selector)[call.rows.cond_chunk][:, fgs].flatten(0, 1) for t in (n, context))
         attention = attention_module(call.unet, key, self.kind)
         # the projections' branch LoRAs see these rows as fg rows
         token = CURRENT_ROWS.set(call.rows.only(RowSelector(n_fg.shape[0], 1, (Stream.FG,), n.device)))
@@ -76,7 +76,7 @@ class PriorProbe:
         if self.kind == "attn1":
             call.run.set_prior(priors.structure_prior(q, k, heads), tuple(extra_options["activations_shape"][-2:]))
         else:
-            call.content[key] = call.run.last_content[key] = priors.content_confidence(q, k, heads, call.run.eos_index)
+            call.content[key] = call.run.last_content[key] = priors.content_confidence(q, k, heads, call.run.eos_rows(q.shape[0]))
 
 
 class BlendOutput:
@@ -96,9 +96,14 @@ class BlendOutput:
         content = call.content.get(key) if self.kind == "attn2" else run.last_content.get(key)
         soft, hard = blending.masks(call.structure[grid], content, run.settings.d, run.settings.norm_quantile)
         run.record_blend(self.kind, key, grid, soft if self.kind == "attn2" else None)
-        streams = stream_view(n, call.rows.selector)  # [chunks, sets, 3, M, D]: each chunk with the same masks
-        fg, bg, bl = (streams[:, :, int(s)] for s in (Stream.FG, Stream.BG, Stream.BLEND))
-        new = blending.blend(fg, bg, bl, soft, hard, run.settings.bg_mode, run.settings.switches)
-        for s, value in zip((Stream.FG, Stream.BG, Stream.BLEND), new):  # n is to_out's fresh output
-            streams[:, :, int(s)] = value
+        layout = run.layout
+        streams = stream_view(n, call.rows.selector)  # [chunks, sets, K + 2, M, D]: each chunk with the same masks
+        softs, hards = (m.view(-1, layout.foregrounds, m.shape[-1]) for m in (soft, hard))  # [sets, K, M]
+        fgs = layout.offsets(Stream.FG)
+        (bg,), (bl,) = ([streams[:, :, i] for i in layout.offsets(s)] for s in (Stream.BG, Stream.BLEND))
+        new_fgs, new_bg, new_bl = blending.blend_stack(
+            [streams[:, :, i] for i in fgs], bg, bl, [softs[:, k] for k in range(len(fgs))], [hards[:, k] for k in range(len(fgs))],
+            run.settings.bg_mode, run.settings.switches)
+        for i, value in zip((*fgs, *layout.offsets(Stream.BG), *layout.offsets(Stream.BLEND)), (*new_fgs, new_bg, new_bl)):
+            streams[:, :, i] = value  # n is to_out's fresh output
         return n

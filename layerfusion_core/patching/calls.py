@@ -20,7 +20,8 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import torch
 
-from ..layout.rows import FULL_STREAMS, RowSelector
+from ..layout.rows import RowSelector
+from ..layout.streams import Layout
 from .hook_points import hook_point_error
 from .options import BRANCH_LORA_OPTION, LAYOUT_OPTION, ROWS_WRAPPER_KEY, RUN_OPTION, set_transformer_option
 
@@ -48,9 +49,11 @@ UnetArgs = tuple  # (x, timesteps, context, y, control)
 CallHandler = Callable[[Any, UnetArgs, dict, dict], torch.Tensor]  # (executor, args, transformer_options, kwargs)
 
 
-def call_rows(x: torch.Tensor, transformer_options: dict, layered: bool) -> CallRows:
+def call_rows(x: torch.Tensor, transformer_options: dict, layout: Layout | None) -> CallRows:
+    """The rows of a UNet call on ``x``: ``layout``'s sets, or a plain batch for None."""
     cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0]))
-    return CallRows(RowSelector(x.shape[0], len(cond_or_uncond), FULL_STREAMS if layered else None, x.device), cond_or_uncond)
+    streams = None if layout is None else layout.roles
+    return CallRows(RowSelector(x.shape[0], len(cond_or_uncond), streams, x.device), cond_or_uncond)
 
 
 def take_rows(value, rows: torch.Tensor, batch: int):
@@ -71,7 +74,8 @@ def on_unet_call(executor, x, timesteps, context, y, control, transformer_option
     handler: CallHandler | None = transformer_options.get(RUN_OPTION)
     if handler is not None:
         return handler(executor, args, transformer_options, kwargs)
-    rows = call_rows(x, transformer_options, bool(transformer_options.get(LAYOUT_OPTION)))
+    # outside a LayerFusion run (whose handler knows its own layout) a layered batch has one foreground per set
+    rows = call_rows(x, transformer_options, Layout() if transformer_options.get(LAYOUT_OPTION) else None)
     return run_call(executor, rows, args, transformer_options, kwargs)
 
 

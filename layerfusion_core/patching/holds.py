@@ -56,8 +56,9 @@ class DenoiseMasks:
         if (hold is not None and self.sigma_hold is not None and run.prior is not None and run.settings.switches.any
                 and float(sigma.max()) <= self.sigma_hold):
             run.band = photo.hold_band(run.prior, run.prior_grid, run.last_content.get(run.settings.structure_block),
-                                       run.settings.d, run.settings.norm_quantile, tuple(denoise_mask.shape[-2:]), hold)
-            denoise_mask = photo.held_blend_rows(denoise_mask, run.band)
+                                       run.settings.d, run.settings.norm_quantile, tuple(denoise_mask.shape[-2:]), hold,
+                                       run.layout)
+            denoise_mask = photo.held_blend_rows(denoise_mask, run.band, run.layout)
         self.last = denoise_mask
         return denoise_mask
 

@@ -25,7 +25,7 @@ from ..fusion import photo
 from ..fusion.run import FusionRun, Phase, RecordSlot
 from ..fusion.settings import BlockKey, FusionSettings, PriorMode
 from ..layout.rows import BatchLayoutError, Branch, RowSelector
-from ..layout.streams import STREAMS_PER_SET, Stream
+from ..layout.streams import Layout, Stream
 from .attention import BlendOutput, FusionCall, PriorProbe
 from .calls import UnetArgs, call_rows, enable_layered_batch, run_call, take_rows
 from .holds import BACKGROUND_NODE, DenoiseMasks, exact_holds
@@ -66,7 +66,7 @@ def _fusion_call(run: FusionRun, executor, args: UnetArgs, transformer_options: 
     the FG rows alone (and stop the pass as soon as the prior exists)."""
     x = args[0]
     unet = getattr(executor, "class_obj", None)
-    rows = call_rows(x, transformer_options, layered=True)
+    rows = call_rows(x, transformer_options, run.layout)
     sigma = _sigma(transformer_options)
     if run.phase is Phase.PRIOR_PASS:
         fg_rows = rows.selector.rows_for(Branch.FG)
@@ -85,12 +85,14 @@ def _fusion_call(run: FusionRun, executor, args: UnetArgs, transformer_options: 
     return run_call(executor, rows, args, {**transformer_options, CALL_OPTION: call}, kwargs)
 
 
-def _eos_index(guider) -> int:
+def _eos(guider) -> tuple[int, ...]:
+    """Each foreground prompt's EOS token, as LayerFusion Conditioning recorded them (K = how many)."""
     conds = getattr(guider, "conds", {}) or {}
     for name in ["positive", *[k for k in conds if k != "positive"]]:
         for cond in conds.get(name, []) or []:
             if EOS_KEY in cond:
-                return int(cond[EOS_KEY])
+                eos = cond[EOS_KEY]
+                return (int(eos),) if isinstance(eos, int) else tuple(int(i) for i in eos)
     raise ValueError(
         f"{NODE}: the positive conditioning does not come from LayerFusion Conditioning (which records the "
         "foreground prompt's end token); connect LayerFusion Conditioning's positive to the sampler."
@@ -114,11 +116,12 @@ def _check_fusion_ran(run: FusionRun, keys: tuple[BlockKey, ...], phase: Phase) 
                                          "pack's attention output patches there")
 
 
-def _check_sampler_input(noise: torch.Tensor, model_options: dict) -> None:
-    if noise.shape[0] % STREAMS_PER_SET:  # before any step: the same check the first UNet call would make
+def _check_sampler_input(noise: torch.Tensor, model_options: dict, layout: Layout) -> None:
+    if noise.shape[0] % layout.per_set:  # before any step: the same check the first UNet call would make
         raise BatchLayoutError(
-            f"{NODE}: the sampler's latent has {noise.shape[0]} rows, expected a multiple of {STREAMS_PER_SET} "
-            "(fg, bg, blend per layered set). Start it with LayerFusion Empty Latent and do not change its batch size."
+            f"{NODE}: the sampler's latent has {noise.shape[0]} rows, expected a multiple of {layout.per_set} ({layout.describe()}: "
+            f"LayerFusion Conditioning has {layout.foregrounds} foreground prompt(s)). Start it with LayerFusion Empty Latent "
+            "with that many foregrounds and do not change its batch size."
         )
     if "multigpu_clones" in model_options:
         raise ValueError(
@@ -133,7 +136,8 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     """SAMPLER_SAMPLE wrapper: one LayerFusion generation (the prior pass first, when chosen)."""
     model_options = extra_args["model_options"]
     patch: LayerFusionPatch = model_options["transformer_options"][FUSION_OPTION]
-    _check_sampler_input(noise, model_options)
+    eos = _eos(guider)
+    _check_sampler_input(noise, model_options, Layout(len(eos)))
     settings = patch.settings
     if settings.hold is not None and denoise_mask is None:
         raise ValueError(
@@ -143,7 +147,7 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     sampling = guider.inner_model.model_sampling
     steps = [float(s) for s in sigmas[:-1]]
     sigma_extract = max(sampling.percent_to_sigma(1.0 - settings.prior_at), min(steps) if steps else 0.0)
-    run = FusionRun(settings, _eos_index(guider), sigma_extract,
+    run = FusionRun(settings, eos, sigma_extract,
                     sampling.percent_to_sigma(settings.blend_start), sampling.percent_to_sigma(settings.blend_end))
     run_options = {**model_options["transformer_options"], RUN_OPTION: functools.partial(_fusion_call, run)}
     run_model_options = {**model_options, "transformer_options": run_options}

@@ -9,7 +9,7 @@ from typing import Any
 import comfy.model_patcher
 
 # transformer_options of a model
-LAYOUT_OPTION = "layerfusion_layout"  # True: the batch is [fg, bg, blend] * N
+LAYOUT_OPTION = "layerfusion_layout"  # True: the batch is layered ([fg, bg, blend] * N outside a LayerFusion run)
 BRANCH_LORA_OPTION = "layerfusion_branch_loras"  # {injection key: BranchLoRA} of this model
 FUSION_OPTION = "layerfusion"  # the LayerFusionPatch of this model
 # transformer_options of one sampling run (a copy ComfyUI hands to every UNet call of that run)
@@ -18,7 +18,7 @@ RUN_OPTION = "layerfusion_run"  # handles each UNet call of a LayerFusion run (i
 CALL_OPTION = "layerfusion_call"  # the FusionCall the attention patches read
 
 # conditioning entries
-EOS_KEY = "layerfusion_eos"  # the FG prompt's EOS token index (LayerFusion Conditioning)
+EOS_KEY = "layerfusion_eos"  # each FG prompt's EOS token index, a tuple in z order (LayerFusion Conditioning)
 CONCAT_KEY = "noise_concat"  # latents ComfyUI concatenates to the UNet input (c_concat)
 
 # keys of wrappers and injections

@@ -238,11 +238,11 @@ def test_conditioning_layout_eos_and_long_prompts(tiny):
     pos, neg = LayerFusionConditioning.execute(tiny.clip, long_fg, "a table", "", "blurry", bg_negative="people").result
     assert pos[0][0].shape == (3, 154, tiny_sdxl.CLIP_L_WIDTH + tiny_sdxl.CLIP_G_WIDTH)
     assert pos[0][1]["pooled_output"].shape == (3, tiny_sdxl.CLIP_G_WIDTH)
-    assert pos[0][1][EOS_KEY] == 76  # the first chunk's end token
+    assert pos[0][1][EOS_KEY] == (76,)  # the first chunk's end token
     explicit = LayerFusionConditioning.execute(tiny.clip, long_fg, "a table", f"{long_fg}, a table", "blurry").result[0]
     assert torch.equal(explicit[0][0], pos[0][0])
     short = LayerFusionConditioning.execute(tiny.clip, "a glass bottle", "", "", "").result[0]
-    assert short[0][1][EOS_KEY] == 4  # 1 + the three tokens of "a glass bottle"
+    assert short[0][1][EOS_KEY] == (4,)  # 1 + the three tokens of "a glass bottle"
     assert neg[0][0].shape[0] == 3 and not torch.equal(neg[0][0][1], neg[0][0][0])  # bg has its own negative
 
 

@@ -94,10 +94,10 @@ def test_foreground_lora_loads_through_the_pack_on_every_attention_projection():
 
 
 def test_layout_marker_matches_the_pack():
-    from layerfusion.layerfusion_core.layout.latents import LAYERED_KEY
+    from layerfusion.layerfusion_core.layout.latents import FOREGROUNDS_KEY, LAYERED_KEY
     from layerfusion_dev.testnodes import layout
 
-    assert layout.LAYERED_KEY == LAYERED_KEY
+    assert layout.LAYERED_KEY == LAYERED_KEY and layout.FOREGROUNDS_KEY == FOREGROUNDS_KEY
 
 
 @needs_files

@@ -9,39 +9,9 @@ import pytest
 import torch
 
 from layerfusion.layerfusion_core.fusion.blending import BgMode, BlendSwitches, blend_stack, union
+from support.naive import naive_stack
 
 SWITCHES = [BlendSwitches(*flags) for flags in itertools.product([True, False], repeat=3)]
-
-
-def naive_stack(a_fgs, a_bg, a_bl, softs, hards, mode, switches):
-    """Token by token, with Python floats: each object into the composite bottom first, the composite
-    then back into that object, the background exchange with 1 - prod(1 - soft_k)."""
-    k_count = len(a_fgs)
-    s_count, m_count, d_count = a_bg.shape
-    fgs = [torch.zeros_like(a_bg) for _ in range(k_count)]
-    bg, bl = torch.zeros_like(a_bg), torch.zeros_like(a_bg)
-    for s, m in itertools.product(range(s_count), range(m_count)):
-        soft = [float(x[s, m]) for x in softs]
-        hard = [float(x[s, m]) for x in hards]
-        anywhere = 1.0
-        for value in soft:
-            anywhere *= 1.0 - value
-        anywhere = 1.0 - anywhere
-        for d in range(d_count):
-            composite = float(a_bl[s, m, d])
-            for k in range(k_count):
-                obj = float(a_fgs[k][s, m, d])
-                if switches.blend:
-                    composite = obj * soft[k] + composite * (1 - soft[k])
-                fgs[k][s, m, d] = composite * hard[k] + obj * (1 - hard[k]) if switches.fg else obj
-            back = float(a_bg[s, m, d])
-            bg[s, m, d] = back
-            if switches.bg and mode is BgMode.BG_FROM_BL:
-                bg[s, m, d] = back * anywhere + composite * (1 - anywhere)
-            elif switches.bg and mode is BgMode.BL_FROM_BG:
-                composite = composite * anywhere + back * (1 - anywhere)
-            bl[s, m, d] = composite
-    return fgs, bg, bl
 
 
 def inputs(k_count: int, seed: int = 0):

@@ -11,6 +11,7 @@ import torch
 from layerfusion.layerfusion_core.fusion import photo
 from layerfusion.layerfusion_core.fusion.blending import masks
 from layerfusion.layerfusion_core.layout import latents
+from layerfusion.layerfusion_core.layout.streams import Layout
 
 
 def naive_band(hard: torch.Tensor, dilate: int, feather: int) -> torch.Tensor:
@@ -89,3 +90,35 @@ def test_with_photo_sets_the_background_and_blend_rows_and_the_inpainting_mask(p
     assert (mask[0::3] == 1).all() and (mask[1::3] == 0).all()
     assert (mask[2::3, 0, :1, :2] == 1).all() and mask[2::3].sum() == 2 * 2
     assert "noise_mask" not in latent  # the input LATENT is not changed
+
+
+def test_with_photo_and_held_rows_with_two_foregrounds_per_set():
+    layout = Layout(2)
+    latent = latents.empty_layered_latent(2, 32, 24, layout=layout)
+    latent["samples"].normal_(generator=torch.Generator().manual_seed(0))
+    image = torch.randn(1, 4, 3, 4, generator=torch.Generator().manual_seed(1))
+    out = latents.with_photo(latent, image)
+    roles = [r % 4 for r in range(8)]  # fg_1, fg_2, bg, blend
+    for row, role in enumerate(roles):
+        if role < 2:
+            assert torch.equal(out["samples"][row], latent["samples"][row]) and (out["noise_mask"][row] == 1).all()
+        else:
+            assert torch.equal(out["samples"][row], image[0])
+            assert (out["noise_mask"][row] == (0 if role == 2 else 1)).all()
+    band_map = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(2))
+    held = photo.held_blend_rows(out["noise_mask"], band_map, layout)
+    for row, role in enumerate(roles):
+        expected = out["noise_mask"][row] * band_map[row // 4] if role == 3 else out["noise_mask"][row]
+        assert torch.equal(held[row], expected)
+
+
+def test_the_band_of_several_foregrounds_is_around_all_of_them():
+    prior = torch.zeros(4, 16)  # two sets of two foregrounds on a 4x4 grid, each object one token
+    for row, token in enumerate([0, 15, 5, 5]):
+        prior[row, token] = 1.0
+    hold = photo.PhotoHold(dilate_px=0, feather_px=0)
+    got = photo.hold_band(prior, (4, 4), None, 10.0, 1.0, (4, 4), hold, Layout(2))
+    assert got.shape == (2, 4, 4)
+    assert got[0].flatten().nonzero().flatten().tolist() == [0, 15] and got[1].flatten().nonzero().flatten().tolist() == [5]
+    alone = [photo.hold_band(prior[r:r + 1], (4, 4), None, 10.0, 1.0, (4, 4), hold) for r in range(4)]
+    assert torch.equal(got[0], torch.maximum(alone[0][0], alone[1][0]))

@@ -9,26 +9,11 @@ import torch
 
 from layerfusion.layerfusion_core.fusion import blending, priors
 from layerfusion.layerfusion_core.fusion.blending import BgMode, BlendSwitches
+from support.naive import naive_attention_probs, naive_norm
 
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def naive_norm(values: list[float]) -> list[float]:
-    lo, hi = min(values), max(values)
-    return [(v - lo) / (hi - lo + priors.EPS) for v in values]
-
-
-def naive_attention_probs(q, k, heads):
-    """The full softmax matrix per head: [heads, M, T] for one image (q [M, h*d], k [T, h*d])."""
-    d = q.shape[-1] // heads
-    out = []
-    for h in range(heads):
-        qh, kh = q[:, h * d:(h + 1) * d].double(), k[:, h * d:(h + 1) * d].double()
-        logits = qh @ kh.T / d**0.5
-        out.append(torch.exp(logits) / torch.exp(logits).sum(dim=-1, keepdim=True))
-    return torch.stack(out)
 
 
 @pytest.mark.parametrize("chunk", [1 << 24, 7, 1])
@@ -50,6 +35,16 @@ def test_content_confidence_is_the_eos_column_averaged_over_heads():
     expected = naive_attention_probs(q[0], k[0], heads)[:, :, eos].mean(dim=0)
     assert torch.allclose(got[0].double(), expected, atol=1e-6)
     assert got.min() >= 0 and got.max() <= 1
+
+
+def test_content_confidence_takes_each_images_own_eos_token():
+    q, k = torch.randn(3, 6, 8, generator=gen(6)), torch.randn(3, 10, 8, generator=gen(7))
+    eos = torch.tensor([2, 7, 4])  # each foreground's prompt has its own end token
+    got = priors.content_confidence(q, k, 2, eos)
+    for img in range(3):
+        expected = naive_attention_probs(q[img], k[img], 2)[:, :, int(eos[img])].mean(dim=0)
+        assert torch.allclose(got[img].double(), expected, atol=1e-6)
+    assert torch.equal(priors.content_confidence(q, k, 2, torch.tensor([4, 4, 4])), priors.content_confidence(q, k, 2, 4))
 
 
 def test_masks_follow_the_equations():

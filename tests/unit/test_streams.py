@@ -72,3 +72,38 @@ def test_split_layered_latent_keeps_a_broadcast_mask_whole():
     mask = torch.ones(1, 1, 8, 8)
     parts = latents.split_layered_latent({"samples": torch.zeros(3, 4, 1, 1), "noise_mask": mask})
     assert all(part["noise_mask"] is mask for part in parts.values())
+
+
+def test_a_set_of_k_foregrounds_is_the_foregrounds_bottom_first_then_bg_then_blend():
+    layout = streams.Layout(3)
+    assert layout.roles == (Stream.FG, Stream.FG, Stream.FG, Stream.BG, Stream.BLEND) and layout.per_set == 5
+    assert layout.rows(10, Stream.FG).tolist() == [0, 1, 2, 5, 6, 7]  # set by set
+    assert layout.rows(10, Stream.BLEND).tolist() == [4, 9]
+    gen = torch.Generator().manual_seed(0)
+    fg, bg, blend = torch.randn(6, 2, generator=gen), torch.randn(2, 2, generator=gen), torch.randn(2, 2, generator=gen)
+    batch = layout.interleave(fg, bg, blend)
+    assert torch.equal(batch[[0, 1, 2, 5, 6, 7]], fg) and torch.equal(batch[[3, 8]], bg) and torch.equal(batch[[4, 9]], blend)
+    parts = layout.split(batch)
+    assert torch.equal(parts[Stream.FG], fg) and torch.equal(parts[Stream.BG], bg) and torch.equal(parts[Stream.BLEND], blend)
+    with pytest.raises(ValueError, match="5 rows per layered set"):
+        layout.sets(12)
+    with pytest.raises(ValueError, match="1 to 4 foregrounds"):
+        streams.Layout(0)
+
+
+def test_one_foreground_is_the_three_stream_layout():
+    assert streams.Layout(1).roles == tuple(Stream) and streams.STREAMS_PER_SET == 3
+    assert streams.Layout(1).rows(9, Stream.BG).tolist() == streams.stream_rows(9, Stream.BG).tolist() == [1, 4, 7]
+
+
+def test_layered_latent_with_two_foregrounds_splits_set_by_set():
+    latent = latents.empty_layered_latent(2, 16, 16, layout=streams.Layout(2))
+    assert latent["samples"].shape[0] == 8 and latents.is_layered(latent) and latents.layout_of(latent) == streams.Layout(2)
+    latent["samples"] = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 4, 2, 2).contiguous()
+    latent["batch_index"] = list(range(10, 18))
+    parts = latents.split_layered_latent(latent)
+    assert parts[Stream.FG]["samples"][:, 0, 0, 0].tolist() == [0, 1, 4, 5]
+    assert parts[Stream.BG]["samples"][:, 0, 0, 0].tolist() == [2, 6] and parts[Stream.BLEND]["batch_index"] == [13, 17]
+    assert latents.FOREGROUNDS_KEY not in parts[Stream.FG] and latents.LAYERED_KEY not in parts[Stream.FG]
+    assert latents.stream_selection(latent, Stream.FG).tolist() == [0, 1, 4, 5]
+    assert not latents.is_layered({**latent, "samples": torch.zeros(6, 4, 2, 2)})  # 3 rows per set no longer
