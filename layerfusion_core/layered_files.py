@@ -7,7 +7,12 @@
   ``stack.xml`` listing the layers top first, one PNG per layer, ``mergedimage.png`` and a
   thumbnail), the open format GIMP and Krita read.
 - `place` and `composite_over`: the foreground moved and scaled over a background, with straight
-  alpha in and out (the resampling itself runs on premultiplied colour, so no dark fringe).
+  alpha in and out (the resampling itself runs on premultiplied colour, so no dark fringe);
+  `recompose`: every object of a set so, bottom first.
+
+A layered set may hold K objects (foregrounds): a foreground batch has K x N rows, set by set (set n's
+objects are rows n*K ... n*K + K - 1, the first at the bottom: `set_rows`). One object is the layer
+``foreground``; K of them are ``foreground 1`` ... ``foreground K`` (`object_names`).
 
 Layers are given bottom first, as editors stack them. A layer has a blend mode (`light_shadow.Blend`:
 normal, multiply, addition), written as Photoshop's blend mode key and OpenRaster's composite-op,
@@ -140,40 +145,57 @@ def write_ora(path: str | Path, layers: list[Layer], flat: np.ndarray | None = N
 WRITERS = {"psd": write_psd, "ora": write_ora}
 
 
+def object_names(count: int, name: str = "foreground") -> list[str]:
+    """The layer names of a set's ``count`` objects (or their masks: ``name`` "mask"), bottom first:
+    ``name`` alone for one, ``name 1`` ... ``name K`` for several."""
+    return [name] if count == 1 else [f"{name} {index}" for index in range(1, count + 1)]
+
+
+def set_rows(batch: torch.Tensor, foregrounds: int, index: int) -> torch.Tensor:
+    """Set ``index``'s rows ``[K, ...]`` of a set-major batch ``[K*N, ...]`` (``foregrounds`` = K):
+    rows ``index*K`` ... ``index*K + K - 1``, the bottom object first."""
+    return batch[index * foregrounds:(index + 1) * foregrounds]
+
+
 def set_layers(foreground: torch.Tensor, background: torch.Tensor, composite: torch.Tensor | None = None,
                mask: torch.Tensor | None = None, light_and_shadow: bool = False) -> list[Layer]:
     """One layered set's layers, bottom first: ``background``, with ``light_and_shadow`` the
     ``shadow`` (Multiply) and ``light`` (Addition) layers that take the background to what the
-    composite shows around the object (`light_shadow`, on sRGB values as the editors blend them),
-    ``foreground``, ``composite`` (hidden) and ``mask`` (hidden, grey: white = 1).
+    composite shows around the objects (`light_shadow`, on sRGB values as the editors blend them),
+    the objects (``foreground``, or ``foreground 1`` ... ``foreground K``), ``composite`` (hidden)
+    and the masks (hidden, grey: white = 1; ``mask``, or ``mask 1`` ... for several).
 
-    ``foreground`` ``[H, W, 4]`` (straight alpha), ``background`` and ``composite`` ``[H, W, 3 or 4]``
-    (the light and shadow read their colour only), ``mask`` ``[H, W]``; one size (the caller checks).
+    ``foreground`` ``[H, W, 4]`` (straight alpha), or ``[K, H, W, 4]``: the set's K objects bottom
+    first; ``background`` and ``composite`` ``[H, W, 3 or 4]`` (the light and shadow read their colour
+    only), ``mask`` ``[H, W]`` or ``[M, H, W]`` (one per object); one size (the caller checks).
     """
+    objects = foreground[None] if foreground.ndim == 3 else foreground
     layers = [Layer("background", opaque(to_uint8(background)))]
     if light_and_shadow:
         if composite is None:
             raise ValueError("light_and_shadow needs the composite")
-        shadow, light, reachable = light_shadow.light_and_shadow(foreground, background[..., :3], composite[..., :3])
+        shadow, light, reachable = light_shadow.light_and_shadow(list(objects), background[..., :3], composite[..., :3])
         layers += [Layer(light_shadow.SHADOW, to_uint8(shadow), blend=light_shadow.MULTIPLY),
                    Layer(light_shadow.LIGHT, to_uint8(light), blend=light_shadow.ADD)]
-        log_unreachable(foreground, reachable)
-    layers.append(Layer("foreground", to_uint8(foreground)))
+        log_unreachable(list(objects), reachable)
+    layers += [Layer(name, to_uint8(layer)) for name, layer in zip(object_names(len(objects)), objects)]
     if composite is not None:
         layers.append(Layer("composite", opaque(to_uint8(composite)), visible=False))
     if mask is not None:
-        layers.append(Layer("mask", opaque(to_uint8(mask[..., None].expand(*mask.shape, 3))), visible=False))
+        masks = mask[None] if mask.ndim == 2 else mask
+        layers += [Layer(name, opaque(to_uint8(grey[..., None].expand(*grey.shape, 3))), visible=False)
+                   for name, grey in zip(object_names(len(masks), "mask"), masks)]
     return layers
 
 
-def log_unreachable(foreground: torch.Tensor, reachable: torch.Tensor) -> None:
-    """Say where no layer below the foreground (``[..., H, W, 4]``) can give the composite back
-    (``reachable`` ``[..., H, W]`` False where it shows through)."""
-    shows = light_shadow.eight_bit(foreground[..., 3]) < 1.0
+def log_unreachable(foreground: light_shadow.Objects, reachable: torch.Tensor) -> None:
+    """Say where no layer below the objects (``foreground``: one ``[..., H, W, 4]``, or several bottom
+    first) can give the composite back (``reachable`` ``[..., H, W]`` False where they show through)."""
+    shows = light_shadow.shows_through(foreground)
     missed = int((shows & ~reachable).sum())
     if missed:
         log.info("light and shadow: the composite cannot be reached below the foreground at %d of %d pixels where "
-                 "the foreground is not opaque (it differs from the foreground where the foreground is nearly opaque)",
+                 "no foreground is opaque (it differs from the foreground where the foreground is nearly opaque)",
                  missed, int(shows.sum()))
 
 
@@ -209,3 +231,23 @@ def place(foreground: torch.Tensor, height: int, width: int, x: int, y: int, sca
     if bottom > top and right > left:
         canvas[:, :, top:bottom, left:right] = fg[:, :, top - y:bottom - y, left - x:right - x]
     return canvas.movedim(1, -1)
+
+
+def recompose(foreground: torch.Tensor, background: torch.Tensor, x: int, y: int, scale: float,
+              foregrounds: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each set's objects placed (`place`: the same ``x``, ``y`` and ``scale`` for all) over its
+    background, bottom first: ``(image [N, H, W, C], alpha [N, H, W])``, the image with the
+    background's channels, ``alpha`` the placed objects' union.
+
+    ``foreground`` ``[K*N, h, w, 4]`` (straight alpha, set-major: `set_rows`; ``foregrounds`` = K),
+    ``background`` ``[N, H, W, 3 or 4]``.
+    """
+    height, width = background.shape[1:3]
+    placed = place(foreground, height, width, x, y, scale)
+    image, alpha = background.float(), placed[0::foregrounds, ..., 3]
+    for index in range(foregrounds):
+        layer = placed[index::foregrounds]
+        image = composite_over(layer, image)
+        if index:
+            alpha = layer[..., 3] + (1.0 - layer[..., 3]) * alpha
+    return image, alpha

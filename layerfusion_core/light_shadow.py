@@ -29,6 +29,12 @@ Where T is clipped the composite cannot be reached by any layer below the foregr
 composite differs from the foreground where the foreground is nearly opaque, e.g. a recoloured
 soft edge): `light_and_shadow` says where.
 
+Several objects (K foregrounds of one set, bottom first) stack above the two layers; over() applied
+object by object is one "over" of their union: premultiplied colour ``P`` and what shows through
+``c = (1 - a_1) ... (1 - a_K)`` (`coverage`), so ``T = clip((C - P) / c, 0, 1)`` where c > 0, the
+background where some object is opaque. With one object, ``P = a*F`` and ``c = 1 - a``: the same
+operations, the same values as above.
+
 Two flatteners, two colour spaces (``space``):
 
 - ``"srgb"``: PSD and OpenRaster editors and `layered_files.merged` blend the stored 8-bit sRGB values.
@@ -42,6 +48,7 @@ Every input is first taken to 8 bits, as the flattener sees it (each layer is st
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 
@@ -49,6 +56,7 @@ SRGB, LINEAR = "srgb", "linear"
 SPACES = (SRGB, LINEAR)
 SHADOW, LIGHT = "shadow", "light"
 REACH_TOLERANCE = 0.5 / 255.0  # how far from the composite (sRGB) the exact stack may be where it counts as reachable
+Objects = torch.Tensor | Sequence[torch.Tensor]  # one object [..., H, W, 4], or several (each so), bottom first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,23 +91,53 @@ def linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
     return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp_min(0) ** (1.0 / 2.4) - 0.055)
 
 
-def target(foreground: torch.Tensor, background: torch.Tensor, composite: torch.Tensor) -> torch.Tensor:
-    """What the layers below the foreground must show: ``T`` ``[..., H, W, 3]``.
+def _objects(foreground: Objects) -> list[torch.Tensor]:
+    objects = [foreground] if isinstance(foreground, torch.Tensor) else list(foreground)
+    if not objects:
+        raise ValueError("light and shadow: no object (expected one or more [..., H, W, 4] foregrounds)")
+    return objects
 
-    ``foreground`` ``[..., H, W, 4]`` (straight alpha), ``background`` and ``composite`` ``[..., H,
-    W, 3]``, in one colour space. ``(C - a*F) / (1 - a)`` clipped to [0, 1] where a < 1, the
-    background where a == 1 (nothing below the foreground shows there).
+
+def coverage(foreground: Objects) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objects (``foreground``: one ``[..., H, W, 4]`` with straight alpha, or several, bottom
+    first) as one layer: ``(premultiplied colour [..., H, W, 3], clear [..., H, W, 1])``, ``clear``
+    being the share of what is below that still shows, 0 where some object is opaque. Over()
+    object by object: ``P = a_k*F_k + (1 - a_k)*P`` and ``c = (1 - a_k)*c``, from ``a_1*F_1`` and
+    ``1 - a_1``."""
+    first, *rest = _objects(foreground)
+    alpha = first[..., 3:]
+    colour, clear = alpha * first[..., :3], 1.0 - alpha
+    for layer in rest:
+        alpha = layer[..., 3:]
+        colour, clear = alpha * layer[..., :3] + (1.0 - alpha) * colour, (1.0 - alpha) * clear
+    return colour, clear
+
+
+def shows_through(foreground: Objects) -> torch.Tensor:
+    """``[..., H, W]``: where no object of ``foreground`` (`coverage`) is opaque at 8 bits, so the
+    layers below them show."""
+    return coverage([eight_bit(layer) for layer in _objects(foreground)])[1][..., 0] > 0
+
+
+def target(foreground: Objects, background: torch.Tensor, composite: torch.Tensor) -> torch.Tensor:
+    """What the layers below the objects must show: ``T`` ``[..., H, W, 3]``.
+
+    ``foreground`` ``[..., H, W, 4]`` (straight alpha), or several such objects bottom first;
+    ``background`` and ``composite`` ``[..., H, W, 3]``, in one colour space. ``(C - P) / c``
+    (`coverage`; one object: ``(C - a*F) / (1 - a)``) clipped to [0, 1] where c > 0, the background
+    where some object is opaque (nothing below the objects shows there).
     """
-    alpha = foreground[..., 3:]
-    opaque = alpha >= 1.0
-    wanted = (composite - alpha * foreground[..., :3]) / torch.where(opaque, torch.ones_like(alpha), 1.0 - alpha)
+    colour, clear = coverage(foreground)
+    opaque = clear <= 0.0
+    wanted = (composite - colour) / torch.where(opaque, torch.ones_like(clear), clear)
     return torch.where(opaque, background, wanted.clamp(0, 1))
 
 
-def over(foreground: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
-    """``foreground`` ``[..., H, W, 4]`` (straight alpha) over the opaque ``below`` ``[..., H, W, 3]``."""
-    alpha = foreground[..., 3:]
-    return alpha * foreground[..., :3] + (1.0 - alpha) * below
+def over(foreground: Objects, below: torch.Tensor) -> torch.Tensor:
+    """``foreground`` ``[..., H, W, 4]`` (straight alpha; or several, bottom first, one over the
+    next) over the opaque ``below`` ``[..., H, W, 3]``."""
+    colour, clear = coverage(foreground)
+    return colour + clear * below
 
 
 def shadow_and_light(background: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,26 +155,29 @@ def _marked(colour: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
     return torch.cat([colour, acts.any(dim=-1, keepdim=True).to(colour.dtype)], dim=-1)
 
 
-def light_and_shadow(foreground: torch.Tensor, background: torch.Tensor, composite: torch.Tensor,
+def light_and_shadow(foreground: Objects, background: torch.Tensor, composite: torch.Tensor,
                      space: str = SRGB) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``shadow`` and ``light`` layers for one flattener, as stored: sRGB-encoded 8-bit values.
 
-    ``foreground`` ``[..., H, W, 4]`` (straight alpha), ``background`` and ``composite`` ``[..., H,
-    W, 3]``, sRGB-encoded in [0, 1]. ``space``: where the flattener blends (`SRGB` or `LINEAR`).
+    ``foreground`` ``[..., H, W, 4]`` (straight alpha), or the K objects of a set, bottom first, each
+    so (the layers go below all of them: what all the objects did to their surroundings);
+    ``background`` and ``composite`` ``[..., H, W, 3]``, sRGB-encoded in [0, 1]. ``space``: where
+    the flattener blends (`SRGB` or `LINEAR`).
     Returns ``(shadow, light, reachable)``: two ``[..., H, W, 4]`` layers (straight alpha, 0 or 1;
     neutral colour where transparent) and ``reachable`` ``[..., H, W]``: where the stack, before the
     layers' 8-bit rounding, is within half a level of the 8-bit composite in every channel (everywhere
-    but where the target was clipped; where a == 1, where the foreground is the composite).
+    but where the target was clipped; where an object is opaque, where the objects are the composite).
     """
     if space not in SPACES:
         raise ValueError(f"space {space!r}: expected one of {', '.join(SPACES)}")
-    fg, bg, comp = eight_bit(foreground), eight_bit(background), eight_bit(composite)
+    objects = [eight_bit(layer) for layer in _objects(foreground)]
+    bg, comp = eight_bit(background), eight_bit(composite)
     if space == LINEAR:
-        fg = torch.cat([srgb_to_linear(fg[..., :3]), fg[..., 3:]], dim=-1)
+        objects = [torch.cat([srgb_to_linear(layer[..., :3]), layer[..., 3:]], dim=-1) for layer in objects]
         bg, comp = srgb_to_linear(bg), srgb_to_linear(comp)
-    wanted = target(fg, bg, comp)
+    wanted = target(objects, bg, comp)
     shadow, light = shadow_and_light(bg, wanted)
-    stack = over(fg, wanted)  # before the layers' own 8-bit rounding
+    stack = over(objects, wanted)  # before the layers' own 8-bit rounding
     reachable = ((linear_to_srgb(stack) if space == LINEAR else stack) - eight_bit(composite)).abs() <= REACH_TOLERANCE
     if space == LINEAR:
         shadow = torch.cat([linear_to_srgb(shadow[..., :3]), shadow[..., 3:]], dim=-1)

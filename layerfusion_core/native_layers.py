@@ -12,6 +12,9 @@ What is built here, bottom first (the names and order of LayerFusion Save Layers
 ``background``, ``foreground`` (its straight alpha as the image's fourth channel, no mask),
 ``composite`` (hidden) and ``mask`` (hidden, grey: white = 1). Every item has ``z_index`` 0, so the
 list order is the stack and a layer that Add Layer appends (``z_index`` 0 by default) lands on top.
+A set of K objects (the foreground batch K x N rows, set by set, bottom first) has ``foreground 1``
+... ``foreground K`` in their place, and its masks (which follow the foreground's rows) ``mask 1`` ...
+``mask K``, as in Save Layers' files.
 
 With light and shadow, ``shadow`` and ``light`` go between the background and the foreground. A LAYERS
 item can carry a blend mode: its ``blend_mode`` key (what Add Layer's blend_mode input writes), which
@@ -30,7 +33,7 @@ import dataclasses
 import torch
 
 from . import light_shadow
-from .layered_files import log_unreachable
+from .layered_files import log_unreachable, object_names
 from .light_shadow import NORMAL, Blend
 
 LAYERS_TYPE = "LAYERS"
@@ -55,30 +58,33 @@ def _frame(batch: torch.Tensor, index: int) -> torch.Tensor:
 
 
 def set_layers(foreground: torch.Tensor, background: torch.Tensor, index: int, composite: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None, light_and_shadow: bool = False) -> list[StackLayer]:
+               mask: torch.Tensor | None = None, light_and_shadow: bool = False, foregrounds: int = 1) -> list[StackLayer]:
     """The layers of set ``index``, bottom first; with ``light_and_shadow``, the ``shadow`` and
     ``light`` layers (Create Layered Image's multiply and linear-dodge, in linear light) between the
-    background and the foreground.
+    background and the objects.
 
-    ``foreground`` ``[B, H, W, 4]`` (straight alpha), ``background`` and ``composite`` ``[B or 1, H, W,
-    3 or 4]`` (the light and shadow read their colour only), ``mask`` ``[B or 1, H, W]``; all of one
-    size (the caller checks).
+    ``foreground`` ``[K*N, H, W, 4]`` (straight alpha; ``foregrounds`` = K objects per set, set by set,
+    the bottom one first), ``background`` and ``composite`` ``[N or 1, H, W, 3 or 4]`` (the light and
+    shadow read their colour only), ``mask`` ``[K*N or 1, H, W]`` (following the foreground's rows);
+    all of one size (the caller checks).
     """
+    rows = [index * foregrounds + k for k in range(foregrounds)]
+    objects = [_frame(foreground, row) for row in rows]
     layers = [StackLayer(BACKGROUND, _frame(background, index))]
     if light_and_shadow:
         if composite is None:
             raise ValueError("light_and_shadow needs the composite")
-        fg, comp = _frame(foreground, index), _frame(composite, index)
-        shadow, light, reachable = light_shadow.light_and_shadow(fg, layers[0].image[..., :3], comp[..., :3], light_shadow.LINEAR)
+        comp = _frame(composite, index)
+        shadow, light, reachable = light_shadow.light_and_shadow(objects, layers[0].image[..., :3], comp[..., :3], light_shadow.LINEAR)
         layers += [StackLayer(light_shadow.SHADOW, shadow, blend=light_shadow.MULTIPLY),
                    StackLayer(light_shadow.LIGHT, light, blend=light_shadow.ADD)]
-        log_unreachable(fg, reachable)
-    layers.append(StackLayer(FOREGROUND, _frame(foreground, index)))
+        log_unreachable(objects, reachable)
+    layers += [StackLayer(name, image) for name, image in zip(object_names(foregrounds, FOREGROUND), objects)]
     if composite is not None:
         layers.append(StackLayer(COMPOSITE, _frame(composite, index), visible=False))
     if mask is not None:
-        grey = _frame(mask, index)[..., None].expand(-1, -1, -1, 3).contiguous()
-        layers.append(StackLayer(MASK, grey, visible=False))
+        layers += [StackLayer(name, _frame(mask, row)[..., None].expand(-1, -1, -1, 3).contiguous(), visible=False)
+                   for name, row in zip(object_names(foregrounds, MASK), rows)]
     return layers
 
 

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..layerfusion_core import native_layers
 from .common import CATEGORY, node_error
-from .layers import background_input, foreground_input, layered_set, light_and_shadow_input
+from .layers import background_input, foreground_input, foregrounds_input, layered_set, light_and_shadow_input
 from .previews import intermediate_output, temp_pngs
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class LayerFusionLayers(io.ComfyNode):
                 "LayerFusion Save Layers (with light_and_shadow, the object's shadow and reflected light between "
                 "background and foreground, so Create Layered Image gives back the composite). ComfyUI's layer nodes "
                 "are experimental and only in recent versions; on older ones this node still runs and its IMAGE output "
-                "works anywhere."
+                "works anywhere. With foregrounds = K, the set's K objects are the layers 'foreground 1' (bottom) to "
+                "'foreground K'."
             ),
             inputs=[
                 foreground_input(),
@@ -57,6 +58,9 @@ class LayerFusionLayers(io.ComfyNode):
                                      "several sets, use one node per set."),
                 light_and_shadow_input("as the layers' blend_mode, worked out in linear light as Create Layered Image "
                                        "blends them"),
+                foregrounds_input("Each object of the chosen set is its own layer, 'foreground 1' (bottom) to "
+                                  "'foreground K', and so is each mask ('mask 1' to 'mask K': the mask follows the "
+                                  "foreground's images). set_index counts sets, not images."),
             ],
             outputs=[
                 layers_io().Output("layers", display_name="LAYERS",
@@ -71,13 +75,14 @@ class LayerFusionLayers(io.ComfyNode):
 
     @classmethod
     def execute(cls, foreground, background, set_index: int, composite=None, mask=None,
-                light_and_shadow: bool = False) -> io.NodeOutput:
-        background, composite, mask = layered_set(LAYERS_NODE, foreground, background, composite, mask, light_and_shadow)
-        sets = foreground.shape[0]
+                light_and_shadow: bool = False, foregrounds: int = 1) -> io.NodeOutput:
+        background, composite, mask = layered_set(LAYERS_NODE, foreground, background, composite, mask, light_and_shadow,
+                                                  foregrounds)
+        sets = foreground.shape[0] // foregrounds
         if not 0 <= set_index < sets:
             raise node_error(LAYERS_NODE, "set_index", f"is {set_index}, the foreground has {sets} set(s) (0 to {sets - 1})",
                              f"Choose a set from 0 to {sets - 1}.")
-        layers = native_layers.set_layers(foreground, background, set_index, composite, mask, light_and_shadow)
+        layers = native_layers.set_layers(foreground, background, set_index, composite, mask, light_and_shadow, foregrounds)
         images = native_layers.layers_batch(layers)
         log.debug("%s: set %d of %d as %d layers", LAYERS_NODE, set_index, sets, len(layers))
         return io.NodeOutput(native_layers.layers_document(layers), images, ui={"images": temp_pngs(images)})

@@ -286,7 +286,7 @@ def test_the_readme_shows_the_wiring_with_the_nodes_own_names():
     section = text.split("#### Into ComfyUI's own layer nodes")[1].split("\n### ")[0]
     wiring = section.split("```")[1]
     info = LayerFusionLayers.GET_NODE_INFO_V1()
-    widgets = ("set_index", "light_and_shadow")  # the wiring shows sockets
+    widgets = ("set_index", "light_and_shadow", "foregrounds")  # the wiring shows sockets
     inputs = [name for part in ("required", "optional") for name in info["input_order"].get(part, []) if name not in widgets]
     assert all(f"-> {name} " in wiring for name in inputs), wiring
     assert all(f"-> {name} " in wiring for name in info["output_name"]), wiring

@@ -10,7 +10,8 @@ definitions (not from the pack's code), and a lit scene to flatten.
   transparent canvas; "normal" is source-over, "multiply" and "linear-dodge" blend in linear light
   and mix in by the layer's alpha where there is a backdrop, keeping the backdrop's alpha.
 - `lit_scene`: a background and a composite in which the foreground casts a shadow and reflects a
-  warm light, made by an "over" in the colour space asked for.
+  warm light, made by an "over" in the colour space asked for; `lit_objects`: the same with several
+  objects, one over the next.
 """
 
 from __future__ import annotations
@@ -93,12 +94,9 @@ def flatten_layers_value(doc: dict) -> np.ndarray:
     return out
 
 
-def lit_scene(foreground: torch.Tensor, seed: int = 0, space: str = "srgb") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(background, composite)``, each ``[1, H, W, 3]``, for ``foreground`` ``[H, W, 4]``: a random
-    background; the composite is the foreground over that background darkened by a soft shadow to
-    the lower right and lit by a warm glow to the upper left, composed in ``space`` ("srgb" or
-    "linear": then the over runs on decoded values) with the foreground at 8 bits."""
-    height, width = foreground.shape[:2]
+def _lit_below(height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(background, below)`` ``[H, W, 3]`` float64: a random background, and that background
+    darkened by a soft shadow to the lower right and lit by a warm glow to the upper left."""
     background = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
 
@@ -107,7 +105,15 @@ def lit_scene(foreground: torch.Tensor, seed: int = 0, space: str = "srgb") -> t
 
     shadow = 1 - 0.7 * blob(0.75 * height, 0.7 * width, 0.3 * width)
     glow = blob(0.2 * height, 0.2 * width, 0.25 * width) * torch.tensor([0.35, 0.25, 0.1], dtype=torch.float64)
-    below = (background * shadow + glow).clamp(0, 1)
+    return background, (background * shadow + glow).clamp(0, 1)
+
+
+def lit_scene(foreground: torch.Tensor, seed: int = 0, space: str = "srgb") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(background, composite)``, each ``[1, H, W, 3]``, for ``foreground`` ``[H, W, 4]``: a random
+    background; the composite is the foreground over that background darkened by a soft shadow to
+    the lower right and lit by a warm glow to the upper left, composed in ``space`` ("srgb" or
+    "linear": then the over runs on decoded values) with the foreground at 8 bits."""
+    background, below = _lit_below(*foreground.shape[:2], seed)
     fg = torch.round(foreground.double().clamp(0, 1) * 255) / 255  # as a file stores it
     a = fg[..., 3:]
     if space == "linear":
@@ -116,4 +122,19 @@ def lit_scene(foreground: torch.Tensor, seed: int = 0, space: str = "srgb") -> t
         composite = torch.from_numpy(np.vectorize(to_srgb)((a * lin[0] + (1 - a) * lin[1]).clamp(0, 1).numpy()))
     else:
         composite = a * fg[..., :3] + (1 - a) * below
+    return background[None].float(), composite[None].float()
+
+
+def lit_objects(objects: torch.Tensor, seed: int = 0, space: str = "srgb") -> tuple[torch.Tensor, torch.Tensor]:
+    """`lit_scene` for a set of several objects, ``objects`` ``[K, H, W, 4]`` (bottom first, each at 8
+    bits): ``(background, composite)``, each ``[1, H, W, 3]``, the composite each object "over" the
+    shadowed and lit background in turn, the bottom one first, in ``space``."""
+    background, below = _lit_below(*objects.shape[1:3], seed)
+    decode, encode = (np.vectorize(to_linear), np.vectorize(to_srgb)) if space == "linear" else (np.asarray, np.asarray)
+    out = torch.from_numpy(decode(below.numpy()))
+    for layer in objects:
+        fg = torch.round(layer.double().clamp(0, 1) * 255) / 255  # as a file stores it
+        a = fg[..., 3:]
+        out = a * torch.from_numpy(decode(fg[..., :3].numpy())) + (1 - a) * out
+    composite = torch.from_numpy(encode(out.clamp(0, 1).numpy()))
     return background[None].float(), composite[None].float()

@@ -153,3 +153,13 @@ def read_ora(path: str | Path) -> tuple[list[ReadLayer], np.ndarray, tuple[int, 
 
 
 READERS = {"psd": read_psd, "ora": read_ora}
+
+
+def real_objects() -> np.ndarray:
+    """Two objects of one layered set, bottom first, ``[2, 128, 128, 4]`` uint8: `real_rgba`, and it
+    moved 40 pixels right and 24 down (cut at the edges, not wrapped) with its colours rotated, so the
+    second covers part of the first, soft edges over soft edges included."""
+    first = real_rgba()
+    second = np.zeros_like(first)
+    second[24:, 40:] = first[:-24, :-40][..., [2, 0, 1, 3]]
+    return np.stack([first, second])

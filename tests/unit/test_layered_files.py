@@ -9,8 +9,8 @@ import torch
 
 from layerfusion.layerfusion_core import layered_files, light_shadow
 from layerfusion.layerfusion_core.layered_files import Layer
-from support.flattening import flatten_file, lit_scene
-from support.layered_readers import READERS, real_rgba
+from support.flattening import flatten_file, lit_objects, lit_scene
+from support.layered_readers import READERS, real_objects, real_rgba
 
 
 def layer_stack(seed: int = 0) -> list[Layer]:
@@ -145,3 +145,66 @@ def test_a_set_without_light_and_shadow_is_as_before_and_with_it_has_the_two_lay
     assert np.abs(layered_files.merged(plain)[..., :3].astype(int) - layered_files.to_uint8(comp[0])).max(axis=-1)[shows].max() > 20
     with pytest.raises(ValueError, match="light_and_shadow needs the composite"):
         layered_files.set_layers(fg, bg[0], None, light_and_shadow=True)
+
+
+# ---- several objects per set (K foregrounds, bottom first) -----------------------------------------
+def test_objects_are_named_as_one_foreground_or_numbered_from_the_bottom_and_a_set_is_its_k_rows():
+    assert layered_files.object_names(1) == ["foreground"] and layered_files.object_names(1, "mask") == ["mask"]
+    assert layered_files.object_names(3) == ["foreground 1", "foreground 2", "foreground 3"]
+    assert layered_files.object_names(2, "mask") == ["mask 1", "mask 2"]
+    rows = torch.arange(6)
+    assert layered_files.set_rows(rows, 3, 1).tolist() == [3, 4, 5] and layered_files.set_rows(rows, 1, 4).tolist() == [4]
+
+
+def test_one_object_given_as_a_batch_of_one_makes_the_same_layers_as_the_object_itself():
+    fg = torch.from_numpy(real_rgba()).float() / 255.0
+    bg, comp = lit_scene(fg, seed=2)
+    mask = torch.rand(128, 128, generator=torch.Generator().manual_seed(2))
+    alone = layered_files.set_layers(fg, bg[0], comp[0], mask, light_and_shadow=True)
+    batched = layered_files.set_layers(fg[None], bg[0], comp[0], mask[None], light_and_shadow=True)
+    assert [(a.name, a.visible, a.blend) for a in alone] == [(b.name, b.visible, b.blend) for b in batched]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(alone, batched))
+
+
+def test_a_set_of_two_objects_stacks_them_above_the_light_and_shadow_and_flattens_back_to_the_composite():
+    fg = torch.from_numpy(real_objects()).float() / 255.0
+    bg, comp = lit_objects(fg, seed=4)
+    masks = torch.rand(2, 128, 128, generator=torch.Generator().manual_seed(4))
+    lit = layered_files.set_layers(fg, bg[0], comp[0], masks, light_and_shadow=True)
+    assert [(layer.name, layer.visible, layer.blend.name) for layer in lit] == [
+        ("background", True, "normal"), ("shadow", True, "multiply"), ("light", True, "add"),
+        ("foreground 1", True, "normal"), ("foreground 2", True, "normal"), ("composite", False, "normal"),
+        ("mask 1", False, "normal"), ("mask 2", False, "normal")]
+    assert np.array_equal(lit[3].pixels, real_objects()[0]) and np.array_equal(lit[4].pixels, real_objects()[1])
+    assert np.array_equal(lit[7].pixels[..., 0], layered_files.to_uint8(masks[1]))
+    want = layered_files.to_uint8(comp[0]).astype(int)
+    shows = (real_objects()[..., 3] < 255).all(axis=0)  # no object opaque: the layers below them show
+    error = np.abs(layered_files.merged(lit)[..., :3].astype(int) - want).max(axis=-1)
+    assert shows.sum() > 1000 and error[shows].max() <= 1
+    plain = layered_files.set_layers(fg, bg[0], comp[0], masks)
+    assert [layer.name for layer in plain] == ["background", "foreground 1", "foreground 2", "composite", "mask 1", "mask 2"]
+    assert np.abs(layered_files.merged(plain)[..., :3].astype(int) - want).max(axis=-1)[shows].max() > 20
+    # made for the top object alone, the layers would miss where the bottom one shows: the test can tell
+    top_only = layered_files.set_layers(fg[1], bg[0], comp[0], light_and_shadow=True)[1:3]
+    assert np.abs(layered_files.merged(lit[:1] + top_only + lit[3:5])[..., :3].astype(int) - want).max(axis=-1)[shows].max() > 20
+
+
+@pytest.mark.parametrize("background_channels", [3, 4])
+def test_recompose_places_every_object_of_a_set_alike_and_stacks_them_bottom_first(background_channels):
+    gen = torch.Generator().manual_seed(3)
+    fg = torch.rand(4, 6, 5, 4, generator=gen)  # 2 sets of 2 objects
+    fg[..., 3] = (fg[..., 3] * 3).round() / 3  # clear, soft and opaque
+    background = torch.rand(2, 9, 8, background_channels, generator=gen)
+    image, alpha = layered_files.recompose(fg, background, 2, 1, 1.0, foregrounds=2)
+    assert image.shape == (2, 9, 8, background_channels) and alpha.shape == (2, 9, 8)
+    for index in range(2):
+        below = background[index, 1:7, 2:7].double().numpy()
+        for layer in fg[2 * index:2 * index + 2]:
+            below = naive_over(layer.double().numpy(), below)
+        assert np.allclose(image[index, 1:7, 2:7].numpy(), below, atol=1e-6)
+        union = 1 - (1 - fg[2 * index, ..., 3]) * (1 - fg[2 * index + 1, ..., 3])
+        assert torch.allclose(alpha[index, 1:7, 2:7], union, atol=1e-6) and (alpha[index, 7:] == 0).all()
+        assert torch.allclose(image[index, 7:], background[index, 7:], atol=1e-6)  # nothing placed there
+    placed = layered_files.place(fg, 9, 8, 2, 1, 1.0)
+    one = layered_files.recompose(fg, torch.cat([background, background]), 2, 1, 1.0)
+    assert torch.equal(one[0], layered_files.composite_over(placed, torch.cat([background, background]))) and torch.equal(one[1], placed[..., 3])

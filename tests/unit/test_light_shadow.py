@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from layerfusion.layerfusion_core import light_shadow
-from support.flattening import lit_scene, to_linear, to_srgb
+from support.flattening import lit_objects, lit_scene, to_linear, to_srgb
 
 ALPHAS = [0.0, 1.0, 0.5, 254 / 255, 1 / 255, 0.2, 0.8, 0.0, 1.0, 0.35, 0.65, 0.1]  # 3x4 pixels: clear, opaque, soft
 
@@ -145,3 +145,92 @@ def test_the_blend_table_names_each_mode_once_per_flattener():
     for field in ("name", "psd_key", "ora_op", "comfy"):
         assert len({getattr(blend, field) for blend in light_shadow.BLENDS}) == len(light_shadow.BLENDS)
     assert light_shadow.LAYER_BLENDS == {"shadow": light_shadow.MULTIPLY, "light": light_shadow.ADD}
+
+
+# ---- several objects (K foregrounds of one set, bottom first) --------------------------------------
+def objects(seed: int = 0, count: int = 3, height: int = 3, width: int = 4) -> torch.Tensor:
+    """``[count, H, W, 4]`` random objects whose alphas mix clear, opaque and soft pixels (ALPHAS, rolled)."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = torch.rand(count, height, width, 4, generator=gen)
+    for k in range(count):
+        layers[k, ..., 3] = torch.tensor(np.roll(ALPHAS * 4, 3 * k)[:height * width]).reshape(height, width)
+    return layers
+
+
+def naive_stack_target(layers, bg, comp):
+    """T per pixel for objects bottom first: what shows through ``c`` and the objects' own colour ``P``
+    from over() one object at a time; the background where some object is opaque."""
+    out = np.zeros(bg.shape)
+    for y in range(bg.shape[0]):
+        for x in range(bg.shape[1]):
+            clear, colour = 1.0, [0.0, 0.0, 0.0]
+            for layer in layers:
+                a = float(layer[y, x, 3])
+                colour = [a * float(layer[y, x, c]) + (1 - a) * colour[c] for c in range(3)]
+                clear *= 1 - a
+            for c in range(3):
+                out[y, x, c] = float(bg[y, x, c]) if clear == 0 else min(1.0, max(0.0, (float(comp[y, x, c]) - colour[c]) / clear))
+    return out
+
+
+def test_with_several_objects_the_target_is_the_naive_one_and_over_is_one_object_after_the_other():
+    layers, (_fg, bg, comp) = objects(), tiny(6)
+    got = light_shadow.target(list(layers), bg, comp)
+    assert np.abs(got.double().numpy() - naive_stack_target(layers, bg, comp)).max() < 1e-5
+    stepwise = bg
+    for layer in layers:
+        stepwise = light_shadow.over(layer, stepwise)
+    assert torch.allclose(light_shadow.over(list(layers), bg), stepwise, atol=1e-6)
+    opaque = (layers[..., 3] == 1).any(dim=0)
+    assert opaque.any() and torch.equal(got[opaque], bg[opaque])
+    assert torch.equal(light_shadow.shows_through(list(layers)), ~opaque)
+
+
+def test_one_object_in_a_list_is_the_object_itself_to_the_bit():
+    fg, bg, comp = tiny(7)
+    assert torch.equal(light_shadow.target([fg], bg, comp), light_shadow.target(fg, bg, comp))
+    assert torch.equal(light_shadow.over([fg], bg), light_shadow.over(fg, bg))
+    for space in light_shadow.SPACES:
+        for alone, listed in zip(light_shadow.light_and_shadow(fg, bg, comp, space), light_shadow.light_and_shadow([fg], bg, comp, space)):
+            assert torch.equal(alone, listed)
+    with pytest.raises(ValueError, match="no object"):
+        light_shadow.target([], bg, comp)
+
+
+def stored_objects_stack(layers, bg, shadow, light, space):
+    """`stored_stack` with several objects: each, at 8 bits, over what is below it, bottom first."""
+    out = stored_stack(torch.zeros_like(layers[0]), bg, shadow, light, space)  # the lit background alone
+    decode, encode = (to_linear, to_srgb) if space == "linear" else (float, float)
+    for layer in light_shadow.eight_bit(layers):
+        for y in range(bg.shape[0]):
+            for x in range(bg.shape[1]):
+                a = float(layer[y, x, 3])
+                for c in range(3):
+                    out[y, x, c] = encode(a * decode(float(layer[y, x, c])) + (1 - a) * decode(out[y, x, c]))
+    return out
+
+
+@pytest.mark.parametrize("space", light_shadow.SPACES)
+def test_with_several_objects_the_stored_layers_flatten_back_to_the_composite_where_no_object_is_opaque(space):
+    layers = objects(8, count=3, height=6, width=8)
+    bg, comp = lit_objects(layers, seed=8, space=space)
+    bg, comp = bg[0], comp[0]
+    shadow, light, reachable = light_shadow.light_and_shadow(list(layers), bg, comp, space)
+    assert reachable.all()  # the composite was made by the objects over a lit background, in this space
+    got = stored_objects_stack(layers, bg, shadow, light, space)
+    error = np.abs(got - light_shadow.eight_bit(comp).double().numpy()).max(axis=-1) * 255
+    shows = light_shadow.shows_through(list(layers)).numpy()
+    assert shows.sum() > 10 and error[shows].max() <= 1.0
+    # the layers made for the top object alone would miss it: the test can tell
+    top_only = light_shadow.light_and_shadow(layers[-1], bg, comp, space)[:2]
+    assert np.abs(stored_objects_stack(layers, bg, *top_only, space) - light_shadow.eight_bit(comp).double().numpy()).max() * 255 > 5
+
+
+def test_with_several_objects_a_recoloured_nearly_opaque_upper_object_is_unreachable():
+    layers, (_fg, bg, _comp) = objects(9, count=2), tiny(9)
+    layers[..., 3] = 0.5
+    layers[1, 0, 0, 3] = 250 / 255
+    comp = light_shadow.over(list(light_shadow.eight_bit(layers)), light_shadow.eight_bit(bg))
+    comp[0, 0] = 1.0 - light_shadow.eight_bit(layers[1, 0, 0, :3]).round()  # far from what the top object shows
+    _shadow, _light, reachable = light_shadow.light_and_shadow(list(layers), bg, comp)
+    assert not reachable[0, 0] and reachable.flatten()[1:].all()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from layerfusion.layerfusion_core import native_layers
-from support.flattening import flatten_layers_value, lit_scene
+from support.flattening import flatten_layers_value, lit_objects, lit_scene
 
 
 def a_batch(sets: int = 3, seed: int = 0):
@@ -81,3 +81,45 @@ def test_create_layered_images_flattening_of_the_stack_gives_the_composite_back_
     assert error[shows].max() <= 1.0
     plain = flatten_layers_value(native_layers.layers_document(native_layers.set_layers(fg, bg, index, composite)))
     assert np.abs(plain[..., :3] - composite[index].numpy()).max(axis=-1)[shows].max() * 255 > 5  # without: the test can tell
+
+
+# ---- several objects per set (K foregrounds, set by set, bottom first) ------------------------------
+def test_a_set_of_k_objects_takes_its_k_rows_bottom_first_and_its_masks_follow_them():
+    fg, bg, composite, _mask = a_batch(sets=6)  # 3 sets of 2 objects
+    mask = torch.rand(6, 6, 5, generator=torch.Generator().manual_seed(1))
+    layers = native_layers.set_layers(fg, bg, 1, composite[:3], mask, foregrounds=2)
+    assert [(layer.name, layer.visible) for layer in layers] == [
+        ("background", True), ("foreground 1", True), ("foreground 2", True), ("composite", False), ("mask 1", False),
+        ("mask 2", False)]
+    assert torch.equal(layers[1].image, fg[2:3]) and torch.equal(layers[2].image, fg[3:4]) and torch.equal(layers[3].image, composite[1:2])
+    assert torch.equal(layers[4].image[..., 0], mask[2:3]) and torch.equal(layers[5].image[..., 0], mask[3:4])
+    assert native_layers.layers_batch(layers).shape == (6, 6, 5, 4)
+
+
+def test_one_object_per_set_named_so_is_the_default_to_the_bit():
+    fg, bg, composite = lit_batch()
+    for lit in (False, True):
+        default = native_layers.set_layers(fg, bg, 1, composite, light_and_shadow=lit)
+        named = native_layers.set_layers(fg, bg, 1, composite, light_and_shadow=lit, foregrounds=1)
+        assert [(a.name, a.blend) for a in default] == [(b.name, b.blend) for b in named]
+        assert all(torch.equal(a.image, b.image) for a, b in zip(default, named))
+
+
+def test_create_layered_images_flattening_of_two_lit_objects_gives_the_composite_back_where_no_object_is_opaque():
+    gen = torch.Generator().manual_seed(2)
+    fg = torch.rand(4, 6, 8, 4, generator=gen)  # 2 sets of 2 objects
+    fg[..., 3] = torch.tensor([0.0, 1.0, 0.5, 254 / 255, 1 / 255, 0.2, 0.8, 0.35] * 6).reshape(6, 8)
+    fg[1::2, ..., 3] = fg[1::2, ..., 3].flip(-1)  # the upper objects elsewhere opaque and soft
+    background = lit_objects(fg[:2], seed=2, space="linear")[0]
+    composite = torch.cat([lit_objects(fg[2 * n:2 * n + 2], seed=2, space="linear")[1] for n in range(2)])
+    layers = native_layers.set_layers(fg, background, 1, composite, light_and_shadow=True, foregrounds=2)
+    doc = native_layers.layers_document(layers)
+    assert [(item["name"], item.get("blend_mode")) for item in doc["layers"]] == [
+        ("background", None), ("shadow", "multiply"), ("light", "linear-dodge"), ("foreground 1", None), ("foreground 2", None),
+        ("composite", None)]
+    got = flatten_layers_value(doc)
+    shows = (fg[2:4, ..., 3] < 1).all(dim=0).numpy()
+    error = np.abs(got[..., :3] - np.rint(composite[1].double().numpy() * 255) / 255).max(axis=-1) * 255
+    assert shows.sum() > 10 and error[shows].max() <= 1.0
+    plain = flatten_layers_value(native_layers.layers_document(native_layers.set_layers(fg, background, 1, composite, foregrounds=2)))
+    assert np.abs(plain[..., :3] - composite[1].numpy()).max(axis=-1)[shows].max() * 255 > 5  # without: the test can tell
