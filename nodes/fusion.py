@@ -179,7 +179,8 @@ class LayerFusionMasks(io.ComfyNode):
             display_name=MASKS,
             category=CATEGORY,
             description="Show the structure prior and the soft and hard masks LayerFusion used at one block and step of the "
-                        "last run (the paper's Figure 2), one per layered set.",
+                        "last run (the paper's Figure 2), one per layered set (with several foregrounds, one per foreground "
+                        "of each set, set by set).",
             inputs=[
                 io.Model.Input("model", tooltip="The model from LayerFusion Apply that went into the sampler."),
                 io.Latent.Input("samples", tooltip="The sampler's output (so this runs after it; sets the picture size)."),
@@ -214,5 +215,7 @@ class LayerFusionMasks(io.ComfyNode):
         if blend_image is not None and tuple(blend_image.shape[1:3]) != tuple(soft.shape[-2:]):
             raise node_error(MASKS, "blend_image", f"is {tuple(blend_image.shape[1:3])}, the masks {tuple(soft.shape[-2:])}",
                              "Connect the VAE Decode of the blend stream of the same run.")
+        if blend_image is not None:  # each set's composite under each of its foregrounds' masks
+            blend_image = blend_image.repeat_interleave(patch.records.record.foregrounds, dim=0)
         return io.NodeOutput(structure, soft, hard, mask_pictures.side_by_side(structure, soft, hard),
                              ui=masks_preview(soft, blend_image))

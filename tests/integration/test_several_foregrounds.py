@@ -18,8 +18,9 @@ from layerfusion.layerfusion_core.patching.model_info import attention_module
 from layerfusion.layerfusion_core.patching.options import EOS_KEY
 from layerfusion.layerfusion_core.weights import lora_files
 from layerfusion.nodes.background import LayerFusionBackground
-from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning
+from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from layerfusion.nodes.latent import LayerFusionEmptyLatent, LayerFusionSplit
+from layerfusion.nodes.previews import MASKS_KEY
 from layerfusion_dev.testnodes import standins
 from support.naive import naive_attention_probs, naive_norm, naive_stack
 
@@ -120,10 +121,15 @@ def test_blending_changes_every_stream_and_the_foregrounds_differently(tiny, fg_
     record = fusion_patch(apply(fg_model)).records.record
     assert record is None  # a fresh Apply has its own record slot
     model = apply(fg_model)
-    sample(model, conds, 8)
+    out = sample(model, conds, 8)
     record = fusion_patch(model).records.record
     assert record.foregrounds == 2 and record.structure.shape[0] == 4  # two sets of two foregrounds
     assert not torch.equal(record.structure[0], record.structure[1])  # each foreground its own prior
+    blend_image = torch.rand(2, 128, 128, 3, generator=torch.Generator().manual_seed(3))
+    shown = LayerFusionMasks.execute(model, {"samples": out}, "structure", -1, blend_image=blend_image)
+    structure, soft, _hard, _preview = shown.result
+    assert structure.shape == soft.shape == (4, 128, 128)  # a mask per foreground of each set, set by set
+    assert len(shown.ui[MASKS_KEY]) == 4 and all(pair["blend"] is not None for pair in shown.ui[MASKS_KEY])
 
 
 class Capture:
