@@ -4,6 +4,7 @@ and every UI workflow is its twin, with node types and widget values ComfyUI acc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ FLUX_FILE_INPUTS = {"UNETLoader": ["unet_name"], "DualCLIPLoader": ["clip_name1"
 def test_all_four_workflows_ship():
     assert TWINS == ["flux_transparent", "layerdiffuse_bg_blend_fg", "layerdiffuse_fg_blend_bg", "layerfusion",
                      "layerfusion_bg_style_lora", "layerfusion_create_layered_image", "layerfusion_layered_file",
-                     "layerfusion_own_background", "transparent_foreground", "transparent_img2img"]
+                     "layerfusion_own_background", "layerfusion_two_objects", "transparent_foreground", "transparent_img2img"]
     assert all((API_DIR.parent / f"{name}.json").is_file() for name in TWINS)
 
 
@@ -91,11 +92,14 @@ def test_api_twin_runs_and_saves_its_declared_outputs(server, twin_run, name):
             layers, _merged, size = READERS[entry["format"]](server.output_dir / entry["subfolder"] / entry["filename"])
             assert size == (64, 64)
             lit = graph[node_id]["inputs"].get("light_and_shadow", False)
+            k = graph[node_id]["inputs"].get("foregrounds", 1)
+            objects = ["foreground"] if k == 1 else [f"foreground {i}" for i in range(1, k + 1)]
+            masks = ["mask"] if k == 1 else [f"mask {i}" for i in range(1, k + 1)]
             assert [(layer.name, layer.visible) for layer in layers] == [
-                ("background", True), *([("shadow", True), ("light", True)] if lit else []), ("foreground", True),
-                ("composite", False), ("mask", False)]
-            foreground = layers[3 if lit else 1]
-            assert foreground.pixels[..., 3].min() < 255  # the foreground layer carries its transparency
+                ("background", True), *([("shadow", True), ("light", True)] if lit else []),
+                *((name, True) for name in objects), ("composite", False), *((name, False) for name in masks)]
+            for foreground in layers[3 if lit else 1:][:k]:
+                assert foreground.pixels[..., 3].min() < 255  # each foreground layer carries its transparency
 
 
 @pytest.mark.parametrize("name", TWINS)
@@ -157,3 +161,33 @@ def test_the_flux_workflow_applies_every_lora_key_on_the_tiny_flux_model(server,
     cached = {node for kind, data in entry["status"]["messages"] if kind == "execution_cached" for node in data["nodes"]}
     assert graph["layer_lora"]["class_type"] == "LoraLoaderModelOnly" and "layer_lora" not in cached  # it loaded the LoRA
     assert "lora key not loaded" not in log
+
+
+@pytest.mark.slow  # two editor starts
+def test_the_two_object_workflows_files_open_in_gimp_and_krita_with_both_objects(server, twin_run, tmp_path):
+    """The K = 2 workflow's PSD and OpenRaster files, flattened by GIMP and Krita, are the files' own
+    merged image (every layer read, the two objects included) within 1/255."""
+    from support.editors import gimp_flatten, gimp_missing, krita_flatten, krita_missing
+
+    graph, entry, _log = twin_run("layerfusion_two_objects")
+    (node_id,) = [node_id for node_id, node in graph.items() if node["class_type"] == "LayerFusionSaveLayers"]
+    files = {Path(f["filename"]).suffix[1:]: server.output_dir / f["subfolder"] / f["filename"]
+             for f in entry["outputs"][node_id]["layerfusion_files"]}
+    installed, opened = [], []
+    for editor, missing, flatten in (("gimp", gimp_missing, gimp_flatten), ("krita", krita_missing, krita_flatten)):
+        if missing():
+            continue
+        installed.append(editor)
+        (tmp_path / editor).mkdir()
+        flat = flatten(list(files.values()), tmp_path / editor)
+        for kind, path in files.items():
+            layers, merged, _size = READERS[kind](path)
+            assert [layer.name for layer in layers if layer.name.startswith("foreground")] == ["foreground 1", "foreground 2"]
+            if isinstance(flat[path], str):  # a format this editor cannot open here (GIMP 2.10 on Debian: no OpenRaster)
+                continue
+            error = np.abs(flat[path].astype(int) - merged[..., :3].astype(int)).max()
+            assert error <= 1, f"{editor} {kind}: off by {error}/255"
+            opened.append((editor, kind))
+    if not installed:
+        pytest.skip("neither GIMP nor Krita is installed (make editors)")
+    assert {editor for editor, _ in opened} == set(installed)  # each installed editor opened at least one of the files
