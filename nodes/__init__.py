@@ -11,6 +11,7 @@ from .layerdiffuse import LayerFusionFlattenAlpha, LayerFusionLayerDiffuseCond
 from .layers import LayerFusionRecompose, LayerFusionSaveLayers
 from .lora import LayerFusionLoraApply
 from .native_layers import LayerFusionLayers
+from .placement import LayerFusionPlacement
 from .transparent import LayerFusionTransparentDecode, LayerFusionTransparentEncode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -19,6 +20,7 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionSplit,
     LayerFusionApply,
     LayerFusionMasks,
+    LayerFusionPlacement,
     LayerFusionBackground,
     LayerFusionLoraApply,
     LayerFusionTransparentDecode,

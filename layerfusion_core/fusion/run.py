@@ -15,6 +15,7 @@ import enum
 import torch
 
 from ..layout.streams import Layout
+from .placement import Placement
 from .settings import BlockKey, FusionSettings, PriorMode
 
 
@@ -79,6 +80,7 @@ class FusionRun:
     sigma_blend_start: float
     sigma_blend_end: float
     phase: Phase = Phase.JOINT
+    placement: Placement | None = None  # where each foreground should be (LayerFusion Placement), weighting its prior
     prior: torch.Tensor | None = None  # s' [N * K, M] of the structure block (the FG rows, set by set)
     prior_grid: tuple[int, int] | None = None
     last_content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
@@ -122,6 +124,9 @@ class FusionRun:
         return self.settings.switches.any and sigma >= self.sigma_blend_end
 
     def set_prior(self, prior: torch.Tensor, grid: tuple[int, int]) -> None:
+        """The structure prior ``[N * K, M]`` on ``grid``, weighted by the placement hints if any."""
+        if self.placement is not None:
+            prior = self.placement.weigh(prior, grid, len(self.eos))
         self.prior, self.prior_grid = prior, grid
         self.extractions += 1
         self.extraction_step = self.step

@@ -31,7 +31,7 @@ from .calls import UnetArgs, call_rows, enable_layered_batch, run_call, take_row
 from .holds import BACKGROUND_NODE, DenoiseMasks, exact_holds
 from .hook_points import hook_point_error
 from .model_info import transformer_keys
-from .options import CALL_OPTION, EOS_KEY, FUSION_OPTION, FUSION_WRAPPER_KEY, RUN_OPTION, set_transformer_option, transformer_option
+from .options import CALL_OPTION, EOS_KEY, FUSION_OPTION, FUSION_WRAPPER_KEY, PLACEMENT_KEY, RUN_OPTION, set_transformer_option, transformer_option
 
 log = logging.getLogger(__name__)
 NODE = "LayerFusion Apply"
@@ -85,18 +85,25 @@ def _fusion_call(run: FusionRun, executor, args: UnetArgs, transformer_options: 
     return run_call(executor, rows, args, {**transformer_options, CALL_OPTION: call}, kwargs)
 
 
-def _eos(guider) -> tuple[int, ...]:
-    """Each foreground prompt's EOS token, as LayerFusion Conditioning recorded them (K = how many)."""
+def _positive_entry(guider, key: str):
+    """``key`` of the first conditioning entry that has it, the positive first (None if none has)."""
     conds = getattr(guider, "conds", {}) or {}
     for name in ["positive", *[k for k in conds if k != "positive"]]:
         for cond in conds.get(name, []) or []:
-            if EOS_KEY in cond:
-                eos = cond[EOS_KEY]
-                return (int(eos),) if isinstance(eos, int) else tuple(int(i) for i in eos)
-    raise ValueError(
-        f"{NODE}: the positive conditioning does not come from LayerFusion Conditioning (which records the "
-        "foreground prompt's end token); connect LayerFusion Conditioning's positive to the sampler."
-    )
+            if key in cond:
+                return cond[key]
+    return None
+
+
+def _eos(guider) -> tuple[int, ...]:
+    """Each foreground prompt's EOS token, as LayerFusion Conditioning recorded them (K = how many)."""
+    eos = _positive_entry(guider, EOS_KEY)
+    if eos is None:
+        raise ValueError(
+            f"{NODE}: the positive conditioning does not come from LayerFusion Conditioning (which records the "
+            "foreground prompt's end token); connect LayerFusion Conditioning's positive to the sampler."
+        )
+    return (int(eos),) if isinstance(eos, int) else tuple(int(i) for i in eos)
 
 
 def _check_fusion_ran(run: FusionRun, keys: tuple[BlockKey, ...], phase: Phase) -> None:
@@ -148,7 +155,8 @@ def _fusion_sample(executor, guider, sigmas, extra_args, callback, noise, latent
     steps = [float(s) for s in sigmas[:-1]]
     sigma_extract = max(sampling.percent_to_sigma(1.0 - settings.prior_at), min(steps) if steps else 0.0)
     run = FusionRun(settings, eos, sigma_extract,
-                    sampling.percent_to_sigma(settings.blend_start), sampling.percent_to_sigma(settings.blend_end))
+                    sampling.percent_to_sigma(settings.blend_start), sampling.percent_to_sigma(settings.blend_end),
+                    placement=_positive_entry(guider, PLACEMENT_KEY))
     run_options = {**model_options["transformer_options"], RUN_OPTION: functools.partial(_fusion_call, run)}
     run_model_options = {**model_options, "transformer_options": run_options}
     denoise_masks = None

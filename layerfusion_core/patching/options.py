@@ -19,6 +19,7 @@ CALL_OPTION = "layerfusion_call"  # the FusionCall the attention patches read
 
 # conditioning entries
 EOS_KEY = "layerfusion_eos"  # each FG prompt's EOS token index, a tuple in z order (LayerFusion Conditioning)
+PLACEMENT_KEY = "layerfusion_placement"  # the foregrounds' placement hints (LayerFusion Placement)
 CONCAT_KEY = "noise_concat"  # latents ComfyUI concatenates to the UNet input (c_concat)
 
 # keys of wrappers and injections

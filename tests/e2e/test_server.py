@@ -17,7 +17,7 @@ PACK_NODES = {
     "LayerFusionConditioning", "LayerFusionEmptyLatent", "LayerFusionSplit", "LayerFusionApply", "LayerFusionMasks",
     "LayerFusionLoraApply", "LayerFusionTransparentDecode", "LayerFusionTransparentEncode",
     "LayerFusionLayerDiffuseCond", "LayerFusionFlattenAlpha", "LayerFusionRecompose", "LayerFusionSaveLayers",
-    "LayerFusionLayers", "LayerFusionBackground",
+    "LayerFusionLayers", "LayerFusionBackground", "LayerFusionPlacement",
 }
 
 

@@ -20,6 +20,7 @@ from layerfusion.layerfusion_core.weights import lora_files
 from layerfusion.nodes.background import LayerFusionBackground
 from layerfusion.nodes.fusion import LayerFusionApply, LayerFusionConditioning, LayerFusionMasks
 from layerfusion.nodes.latent import LayerFusionEmptyLatent, LayerFusionSplit
+from layerfusion.nodes.placement import LayerFusionPlacement
 from layerfusion.nodes.previews import MASKS_KEY
 from layerfusion_dev.testnodes import standins
 from support.naive import naive_attention_probs, naive_norm, naive_stack
@@ -221,3 +222,45 @@ def test_a_latent_of_another_layout_than_the_conditioning_is_refused(tiny):
         sample(apply(tiny.model), conditioning(tiny, 2), 6)
     with pytest.raises(BatchLayoutError, match="expected a multiple of 3"):
         sample(apply(tiny.model), conditioning(tiny, 1), 8)
+
+
+def test_placement_hints_keep_each_foregrounds_prior_and_masks_in_its_place(tiny):
+    conds = conditioning(tiny, 2)
+    model = apply(tiny.model)
+    plain = sample(model, conds, 8)
+    (unhinted,) = LayerFusionPlacement.execute(conds[0], 1.0, "").result
+    assert torch.equal(sample(model, (unhinted, conds[1]), 8), plain)  # no hint: the run as without the node
+    right_half = torch.zeros(1, 128, 128)
+    right_half[..., 64:] = 1.0
+    (hinted,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1", fg_2_mask=right_half).result
+    hinted_out = sample(model, (hinted, conds[1]), 8)
+    assert not torch.equal(hinted_out, plain)
+    record = fusion_patch(model).records.record
+    left = torch.zeros(record.structure.shape[-2:], dtype=torch.bool)
+    left[:, : left.shape[1] // 2] = True
+    for row in range(4):  # two sets of (fg in the left half, fg_2 in the right half)
+        outside = ~left if row % 2 == 0 else left
+        assert (record.structure[row][outside] == 0).all() and (record.structure[row][~outside] > 0).any()
+        for (_key, _step), soft in record.soft.items():
+            grid = soft.shape[-2:]
+            cells = torch.nn.functional.interpolate(outside[None, None].float(), size=tuple(grid), mode="area")[0, 0] == 1
+            assert (soft[row][cells] == 0).all()
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(fg_3_mask=torch.ones(1, 64, 64)), "input 'fg_3_mask': is connected, but the conditioning has 2 foreground"),
+    (dict(boxes="0 0 1 1", fg_mask=torch.ones(1, 64, 64)), "input 'fg_mask': and line 1 of boxes both place fg"),
+    (dict(boxes="0 0 1 1\n-\n0 0 1 1"), "input 'boxes': has 3 lines, the conditioning 2 foreground"),
+    (dict(boxes="-\n0 0 1"), "input 'boxes': line 2: '0 0 1' is not a box"),
+])
+def test_placement_refuses_hints_that_do_not_fit_by_name(tiny, options, match):
+    with pytest.raises(ValueError, match=match):
+        LayerFusionPlacement.execute(conditioning(tiny, 2)[0], 1.0, **options)
+
+
+def test_placement_needs_layerfusion_conditioning(tiny):
+    from nodes import CLIPTextEncode
+
+    (plain,) = CLIPTextEncode().encode(tiny.clip, "a cat")
+    with pytest.raises(ValueError, match="LayerFusion Placement: input 'positive': does not come from LayerFusion Conditioning"):
+        LayerFusionPlacement.execute(plain, 1.0)
