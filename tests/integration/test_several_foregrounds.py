@@ -98,7 +98,7 @@ def test_empty_latent_and_split_with_two_foregrounds():
         LayerFusionSplit.execute({**latent, "samples": torch.zeros(6, 4, 6, 8)})
 
 
-@pytest.mark.parametrize("mode", ["prior_pass", "in_run"])
+@pytest.mark.parametrize("mode", ["prior_pass", pytest.param("in_run", marks=pytest.mark.slow)])
 def test_blending_off_each_of_the_k_plus_2_streams_equals_its_independent_run(tiny, fg_lora, mode):
     import comfy.sample
 
@@ -114,6 +114,7 @@ def test_blending_off_each_of_the_k_plus_2_streams_equals_its_independent_run(ti
         assert torch.allclose(fused[row], alone[0], rtol=0, atol=1e-5 * alone.abs().max().item()), row
 
 
+@pytest.mark.slow
 def test_blending_changes_every_stream_and_the_foregrounds_differently(tiny, fg_lora):
     conds = conditioning(tiny, 2)
     fg_model = apply_branch_lora(tiny.model, fg_lora, Branch.FG, 1.0)
@@ -165,7 +166,7 @@ class Capture:
         return n
 
 
-@pytest.mark.parametrize("bg_mode", list(BgMode))
+@pytest.mark.parametrize("bg_mode", [BgMode.BG_FROM_BL, pytest.param(BgMode.BL_FROM_BG, marks=pytest.mark.slow)])
 def test_masks_and_blends_of_three_foregrounds_equal_the_naive_equations(tiny, bg_mode):
     conds, layout = conditioning(tiny, 3), Layout(3)
     key = ("output", 5, 0)  # the tiny model's last block: the structure block, so the prior's grid is this block's
@@ -202,6 +203,7 @@ def test_masks_and_blends_of_three_foregrounds_equal_the_naive_equations(tiny, b
     assert not torch.allclose(softs[0], softs[1])  # the test sees foregrounds with masks of their own
 
 
+@pytest.mark.slow
 def test_own_background_with_two_foregrounds(tiny):
     conds, sets, layout = conditioning(tiny, 2), 2, Layout(2)
     latent = empty_layered_latent(sets, SIZE * 8, SIZE * 8, layout=layout)
