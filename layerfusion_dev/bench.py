@@ -4,12 +4,16 @@ The cases and the table (targets included) are `layerfusion_dev.bench_cases`', s
 `make bench-gpu`. Measured here: each case in a process of its own (so each process peak is its
 own), its peak RSS (sampled every 20 ms) and the peak of its live tensor allocations; the step
 times of the limit, LayerFusion and the LoRA merged into the weights in one more process
-(``in_turns``), timed in turns so the drift of a shared machine falls on all of them alike. The
-sampling cases run on the SDXL architecture at full width and depth with random weights ("sdxl",
-a small latent and few steps) and on the tiny model ("depth1"). Prints the table, writes
-results.json into --out (bench/) and puts the table into the README between its bench markers:
+(``in_turns``), timed in turns so the drift of a shared machine falls on all of them alike; the
+several-foreground cases (K = 1 to 4) in one more (``foregrounds``), timed in turns, then each
+case's tensor peak in the same process (no peak RSS). The sampling cases run on the SDXL
+architecture at full width and depth with random weights ("sdxl", a small latent and few steps)
+and on the tiny model ("depth1"), but for ``foregrounds``, which runs on the tiny model only unless
+asked for (`OPT_IN`). Prints the tables, writes results.json into --out (bench/) and puts the
+tables into the README between its bench markers:
 
     .venv/bin/python -m layerfusion_dev.bench                          # everything (about 20 minutes)
+    .venv/bin/python -m layerfusion_dev.bench --again sdxl:foregrounds # K = 1..4 on the SDXL arch (est. 30+ minutes)
     .venv/bin/python -m layerfusion_dev.bench --again sdxl:in_turns    # measure cases again into bench/results.json
     .venv/bin/python -m layerfusion_dev.bench --arch depth1 --cases in_turns prior --latent 8 --steps 1 \\
         --repeats 1 --rank 4 --decode-size 64 --prior-tokens 256 --out /tmp/smoke --no-readme   # a smoke run
@@ -41,7 +45,11 @@ DEFAULTS = {
 }
 SHARED_SIZE = "depth1"  # the decode and prior cases use no UNet: they take this arch's size
 LABELS = {"sdxl": "SDXL arch", "depth1": "tiny"}
-ARCH_CASES = ("in_turns", *bench_cases.SAMPLING_CASES)
+TURNS = {"in_turns": bench_cases.IN_TURNS, bench_cases.FOREGROUNDS_GROUP: bench_cases.FOREGROUND_CASES}  # process: its cases
+ARCH_CASES = (*TURNS, *bench_cases.SAMPLING_CASES)
+# left out of a run that names no cases: 18 rows a turn of the 2.6B-parameter UNet on the CPU, an estimated 30+ minutes
+# on 2 cores (`make bench-gpu` measures K at the real size); --cases or --again measures it
+OPT_IN = {("sdxl", bench_cases.FOREGROUNDS_GROUP)}
 SHARED_CASES = (*bench_cases.DECODE_CASES, bench_cases.PRIOR_CASE)
 MEMORY = "tensor peak"  # what tensor_peak is here: the peak of live tensor allocations (AllocationTracker)
 README_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
@@ -100,6 +108,29 @@ def _measure(parts: list, repeats: int, timed: bool = True) -> dict:
     return ({"seconds": seconds} if timed else {}) | {"rss_peak": rss.peak, "tensor_peak": tensor_peak}
 
 
+def _in_turns(sampling: bench_cases.Sampling, cases: tuple[str, ...], size: Size) -> dict:
+    """``cases`` timed in turns after a warm-up of one step each: the fastest of ``size.repeats``
+    and all of them per case."""
+    runs = {name: sampling.runs(name)[0] for name in cases}
+    for run in runs.values():  # warm-up
+        _seconds(sampling.sampler(run, steps=1))
+    timings: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(size.repeats):
+        for name, run in runs.items():
+            timings[name].append(_seconds(sampling.sampler(run)))  # the model is loaded before the clock starts
+    return {name: {"seconds": min(t), "all": t} for name, t in timings.items()} | {"steps": size.steps}
+
+
+def _tensor_peak(sampling: bench_cases.Sampling, case: str) -> int:
+    """The peak of live tensor allocations of one run of ``case`` (its model loaded first)."""
+    from layerfusion_dev.alloc_tracker import AllocationTracker
+
+    call = sampling.sampler(sampling.runs(case)[0])
+    with AllocationTracker() as tracker:
+        call()
+    return tracker.peak
+
+
 def run_case(case: str, size: Size) -> dict:
     import torch
 
@@ -120,14 +151,12 @@ def run_case(case: str, size: Size) -> dict:
         return _measure([lambda: decode], size.repeats)
     sampling = bench_cases.Sampling(size)
     if case == "in_turns":
-        runs = {name: sampling.runs(name)[0] for name in bench_cases.IN_TURNS}
-        for run in runs.values():  # warm-up
-            _seconds(sampling.sampler(run, steps=1))
-        timings: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(size.repeats):
-            for name, run in runs.items():
-                timings[name].append(_seconds(sampling.sampler(run)))  # the model is loaded before the clock starts
-        return {name: {"seconds": min(t), "all": t} for name, t in timings.items()} | {"steps": size.steps}
+        return _in_turns(sampling, bench_cases.IN_TURNS, size)
+    if case == bench_cases.FOREGROUNDS_GROUP:  # timed in turns, then the tensor peak of each case in this process
+        measured = _in_turns(sampling, bench_cases.FOREGROUND_CASES, size)
+        for name in bench_cases.FOREGROUND_CASES:
+            measured[name]["tensor_peak"] = _tensor_peak(sampling, name)
+        return measured
     runs = sampling.runs(case)
     parts = [lambda run=run: sampling.sampler(run) for run in runs]  # loading (weight patching) before the clock starts
     return _measure(parts, size.repeats, timed=case not in bench_cases.IN_TURNS) | {"steps": size.steps * len(runs)}
@@ -145,11 +174,12 @@ def run_in_subprocess(case: str, size: Size) -> dict:
 
 def arch_cases(measured: dict[str, dict]) -> dict[str, dict]:
     """One arch's cases as the table reads them: the per-process measures, with the step times
-    taken from ``in_turns``."""
-    cases = {case: dict(values) for case, values in measured.items() if case != "in_turns"}
-    for case, values in measured.get("in_turns", {}).items():
-        if isinstance(values, dict):
-            cases.setdefault(case, {})["seconds"] = values["seconds"]
+    taken from ``in_turns`` and the several-foreground cases from ``foregrounds``."""
+    cases = {case: dict(values) for case, values in measured.items() if case not in TURNS}
+    for group in TURNS:
+        for case, values in measured.get(group, {}).items():
+            if isinstance(values, dict):
+                cases.setdefault(case, {}).update({k: v for k, v in values.items() if k != "all"})
     return cases
 
 
@@ -164,7 +194,12 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
 def markdown(results: dict) -> str:
     sizes = "; ".join(f"{LABELS.get(arch, arch)}: {results['sizes'][arch]['latent']}x{results['sizes'][arch]['latent']} latent, "
                       f"{results['sizes'][arch]['steps']} steps" for arch in results["arch"])
-    return bench_cases.markdown(f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']} ({sizes}).", table(results))
+    text = bench_cases.markdown(f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']} ({sizes}).", table(results))
+    for arch, measured in results["arch"].items():
+        steps = measured.get(bench_cases.FOREGROUNDS_GROUP, {}).get("steps", results["sizes"][arch]["steps"])
+        if part := bench_cases.foregrounds_markdown(arch_cases(measured), steps, MEMORY, f"{LABELS.get(arch, arch)}: "):
+            text += "\n\n" + part
+    return text
 
 
 def write_readme(text: str) -> None:
@@ -206,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, CPU only",
                    "sizes": {}, "arch": {arch: {} for arch in arches}, "shared": {}}
         chosen = args.cases or ARCH_CASES + SHARED_CASES
-        plan = [(arch, case) for arch in arches for case in ARCH_CASES if case in chosen]
+        plan = [(arch, case) for arch in arches for case in ARCH_CASES if case in chosen and (args.cases or (arch, case) not in OPT_IN)]
         plan += [(SHARED_SIZE, case) for case in SHARED_CASES if case in chosen]
     for arch, case in plan:
         log.info("[bench] %s: %s", arch, case)

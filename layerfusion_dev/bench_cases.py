@@ -14,7 +14,11 @@ The cases (each measured for ``seconds`` and memory):
   fgble2bg), three runs of one row;
 - ``decode_batched``, ``decode_loop``, ``decode_off``: Transparent Decode's 8 augmentations 8 at a
   time, one at a time, and augmentation off;
-- ``prior``: the structure prior at SDXL's last block (``prior_tokens`` tokens, 10 heads).
+- ``prior``: the structure prior at SDXL's last block (``prior_tokens`` tokens, 10 heads);
+- ``limit_k1`` .. ``limit_k4`` and ``fusion_k1`` .. ``fusion_k4`` (`FOREGROUND_CASES`): a layered set
+  of K foregrounds (K + 2 rows, ``[fg_1..fg_K, bg, blend]``): the limit of that set (its rows given
+  to the FG-row LoRA as a LayerFusion run gives them, no blending) and LayerFusion on it, timed in
+  turns (``foregrounds``) for the cost of each foreground added to a set (`added`).
 
 The builders import ComfyUI and the pack when called: put ComfyUI on the path first
 (`layerfusion_dev.host.import_comfy`), which decides whether it runs on the CPU.
@@ -38,6 +42,16 @@ IN_TURNS = ("limit", "fusion", "merged")  # timed in turns (limit, fusion, merge
 DECODE_CASES = ("decode_batched", "decode_loop", "decode_off")
 PRIOR_CASE = "prior"
 PRIOR_HEADS = 10  # SDXL's last block
+FOREGROUNDS = (1, 2, 3, 4)  # K of the several-foreground cases: 1 to Layout's MAX_FOREGROUNDS
+FOREGROUNDS_GROUP = "foregrounds"  # the several-foreground cases, timed in turns in one process
+
+
+def foreground_case(kind: str, foregrounds: int) -> str:
+    """The case of ``kind`` ("limit" or "fusion") on a set of ``foregrounds`` foregrounds: "fusion_k2"."""
+    return f"{kind}_k{foregrounds}"
+
+
+FOREGROUND_CASES = tuple(foreground_case(kind, k) for k in FOREGROUNDS for kind in ("limit", "fusion"))  # their turns' order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +126,14 @@ class Sampling:
     def parameters(self) -> int:
         return sum(p.numel() for p in self.unet.model.parameters())
 
-    def conds(self, rows: int, seed: int) -> list:
+    def conds(self, rows: int, seed: int, foregrounds: int = 1) -> list:
+        """Random prompts for ``rows`` rows, marked as LayerFusion Conditioning's of ``foregrounds`` foregrounds."""
         import torch
 
         gen = torch.Generator().manual_seed(seed)
+        eos = 5 if foregrounds == 1 else tuple(range(5, 5 + foregrounds))  # each foreground prompt's EOS token
         return [[torch.randn(rows, 77, self.ctx, generator=gen).to(self.dtype),
-                 {"pooled_output": torch.randn(rows, self.pooled, generator=gen).to(self.dtype), "layerfusion_eos": 5}]]
+                 {"pooled_output": torch.randn(rows, self.pooled, generator=gen).to(self.dtype), "layerfusion_eos": eos}]]
 
     @functools.cached_property
     def limit(self):
@@ -126,6 +142,17 @@ class Sampling:
         from layerfusion.layerfusion_core.patching.calls import enable_layered_batch
 
         return apply_branch_lora(enable_layered_batch(self.unet), self.lora, Branch.FG, 1.0)
+
+    def layered_limit(self, foregrounds: int):
+        """The limit for sets of ``foregrounds`` foregrounds: outside a LayerFusion run a layered batch
+        has one foreground per set, so a handler (``RUN_OPTION``, as a run's) gives each UNet call the
+        rows of that layout, and the FG-row LoRA its K rows per set; nothing else runs."""
+        from layerfusion.layerfusion_core.layout.streams import Layout
+        from layerfusion.layerfusion_core.patching.options import RUN_OPTION, set_transformer_option
+
+        model = self.limit.clone()
+        set_transformer_option(model, RUN_OPTION, functools.partial(_layered_call, Layout(foregrounds)))
+        return model
 
     def _model(self, case: str):
         import comfy.weight_adapter
@@ -148,7 +175,14 @@ class Sampling:
         raise ValueError(f"not a one-model sampling case: {case!r}")
 
     def runs(self, case: str) -> list[Run]:
-        """What ``case`` samples: one run of three rows, or the sequential route's three runs of one."""
+        """What ``case`` samples: one run of three rows (K + 2 for a `FOREGROUND_CASES` case), or the
+        sequential route's three runs of one."""
+        if case in FOREGROUND_CASES:
+            kind, k = case.rsplit("_k", 1)
+            foregrounds = int(k)
+            rows = foregrounds + 2
+            model = self.layered_limit(foregrounds) if kind == "limit" else self._model(kind)
+            return [Run(model, rows, self.conds(rows, 2, foregrounds), self.conds(rows, 3, foregrounds))]
         if case != "sequential":
             return [Run(self._model(case), 3, self.conds(3, 2), self.conds(3, 3))]
         import torch
@@ -180,6 +214,13 @@ class Sampling:
         comfy.model_management.load_models_gpu([run.model])
         return lambda: comfy.sample.sample(run.model, noise, steps or self.size.steps, 5.0, "euler", "normal", run.positive,
                                            run.negative, torch.zeros_like(noise), seed=0, disable_pbar=True)
+
+
+def _layered_call(layout, executor, args, transformer_options: dict, kwargs: dict):
+    """`Sampling.layered_limit`'s handler: the UNet call with the rows of ``layout``."""
+    from layerfusion.layerfusion_core.patching.calls import call_rows, run_call
+
+    return run_call(executor, call_rows(args[0], transformer_options, layout), args, transformer_options, kwargs)
 
 
 # ---- Transparent Decode and the structure prior ----------------------------------------------------
@@ -247,6 +288,30 @@ class Ratio(NamedTuple):
 _VS_LIMIT = "LayerFusion / limit (3 streams, FG LoRA, no blend)"
 _VS_MERGED = "run-time FG LoRA / LoRA merged into the weights (all rows)"
 _VS_SEQUENTIAL = "one LayerFusion run (prior pass) / sequential route"
+ADDED_STEP = ("<= 1.50", "<= 1.50")  # (cpu, gpu): the K-th foreground's added step time / K = 1's step time per row
+# (cpu, gpu): LayerFusion's added memory / the limit's, per foreground; measured 1.033 for each K (tiny, CPU tensor peak)
+ADDED_MEMORY = ("<= 1.10", "<= 1.10")
+
+
+def _foreground_ratios() -> tuple[Ratio, ...]:
+    """Each K > 1 of `FOREGROUNDS`: LayerFusion against its limit (K = 1's bounds), what the K-th
+    foreground adds to LayerFusion's step time (`added`) against K = 1's step time per row, and what
+    it adds to LayerFusion's memory against what it adds to the limit's."""
+    rows = []
+    for k in FOREGROUNDS[1:]:
+        fusion, limit = foreground_case("fusion", k), foreground_case("limit", k)
+        vs_limit = f"LayerFusion / limit, {k} foregrounds ({k + 2} rows)"
+        rows += [
+            Ratio(f"{vs_limit}, step time (timed in turns)", (fusion, "seconds"), (limit, "seconds"), "<= 1.10", "<= 1.05"),
+            Ratio(f"{vs_limit}, {{memory}}", (fusion, "tensor_peak"), (limit, "tensor_peak"), "<= 1.05", "<= 1.03"),
+            Ratio(f"LayerFusion, step time added by foreground {k} / one foreground's step time per row",
+                  (fusion, "added_seconds"), (foreground_case("fusion", 1), "per_row_seconds"), *ADDED_STEP),
+            Ratio(f"{{memory}} added by foreground {k}, LayerFusion / limit", (fusion, "added_tensor_peak"),
+                  (limit, "added_tensor_peak"), *ADDED_MEMORY),
+        ]
+    return tuple(rows)
+
+
 RATIOS = (
     Ratio(f"{_VS_LIMIT}, step time (timed in turns)", ("fusion", "seconds"), ("limit", "seconds"), "<= 1.10", "<= 1.05"),
     Ratio(f"{_VS_LIMIT}, peak RSS", ("fusion", "rss_peak"), ("limit", "rss_peak"), "<= 1.05"),
@@ -264,6 +329,7 @@ RATIOS = (
     Ratio("transparent decode at {decode_size}px, augmentation off / on (batched), time", ("decode_off", "seconds"), ("decode_batched", "seconds")),
     Ratio(f"structure prior at {{prior_tokens}} tokens, {PRIOR_HEADS} heads: {{memory}} / one heads x M x M matrix",
           ("prior", "tensor_peak"), ("prior", "full_matrix"), "< 1.00", "< 1.00"),
+    *_foreground_ratios(),
 )
 
 
@@ -272,10 +338,29 @@ def met(value: float, target: str) -> bool:
     return value < float(bound) if op == "<" else value <= float(bound)
 
 
+def added(cases: dict[str, dict]) -> dict[str, dict]:
+    """``cases`` with the several-foreground cases' derived measures: ``per_row_seconds`` of K = 1
+    (its time over its three rows) and ``added_seconds`` and ``added_tensor_peak`` of each K > 1 (its
+    measure less K - 1's: what the K-th foreground adds); None where a measure is None."""
+    cases = {case: dict(values) for case, values in cases.items()}
+    for kind in ("limit", "fusion"):
+        first = cases.get(foreground_case(kind, 1), {})
+        if "seconds" in first:
+            first["per_row_seconds"] = None if first["seconds"] is None else first["seconds"] / 3
+        for measure in ("seconds", "tensor_peak"):
+            for k in FOREGROUNDS[1:]:
+                this, before = cases.get(foreground_case(kind, k), {}), cases.get(foreground_case(kind, k - 1), {})
+                if measure in this and measure in before:
+                    a, b = this[measure], before[measure]
+                    this[f"added_{measure}"] = None if a is None or b is None else a - b
+    return cases
+
+
 def table(cases: dict[str, dict], bench: str, size: Size, memory: str, label: str = "") -> list[tuple[str, str, str, str]]:
     """The rows of `RATIOS` that ``cases`` ({case: {measure: value}}) can fill, as (measure, value,
     target, met) for ``bench`` ("cpu" or "gpu"); a measure recorded as None (no CUDA in a smoke run)
     shows "n/a". ``label`` prefixes each row's name."""
+    cases = added(cases)
     rows = []
     for ratio in RATIOS:
         (num_case, num), (den_case, den) = ratio.numerator, ratio.denominator
@@ -293,3 +378,26 @@ def table(cases: dict[str, dict], bench: str, size: Size, memory: str, label: st
 def markdown(head: str, rows: list[tuple[str, str, str, str]]) -> str:
     lines = [head, "", "| measure | value | target | met |", "|---|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def foregrounds_markdown(cases: dict[str, dict], steps: int, memory: str, label: str = "") -> str:
+    """The several-foreground cases as measured, one row per K (none measured: ""): seconds per step
+    and ``memory`` (MiB) of the limit and LayerFusion, and what the K-th foreground adds to each."""
+    cases = added(cases)
+    measured = [k for k in FOREGROUNDS if all(foreground_case(kind, k) in cases for kind in ("limit", "fusion"))]
+    if not measured:
+        return ""
+
+    def shown(k: int, measure: str) -> str:
+        """limit / LayerFusion: seconds per step, or MiB."""
+        values = [cases[foreground_case(kind, k)].get(measure) for kind in ("limit", "fusion")]
+        if "seconds" in measure:
+            return " / ".join("n/a" if v is None else f"{v / steps:.3f}" for v in values)
+        return " / ".join("n/a" if v is None else f"{v / 2**20:.1f}" for v in values)
+
+    lines = [f"{label}several foregrounds (a set of K + 2 rows, timed in turns; each cell: limit / LayerFusion):", "",
+             f"| K (rows) | s/step | added by the K-th, s/step | {memory}, MiB | added by the K-th, MiB |", "|---|---|---|---|---|"]
+    for k in measured:
+        added_time, added_memory = (shown(k, m) if k > 1 else "" for m in ("added_seconds", "added_tensor_peak"))
+        lines.append(f"| {k} ({k + 2}) | {shown(k, 'seconds')} | {added_time} | {shown(k, 'tensor_peak')} | {added_memory} |")
+    return "\n".join(lines)

@@ -4,7 +4,8 @@ The full-size SDXL UNet architecture with random fp16 weights (built in code, no
 downloaded), at 1024x1024 (a 128x128 latent) and a few steps; the cases and the table (targets
 included) are `layerfusion_dev.bench_cases`', shared with `make bench`. Measured here: wall time
 (synchronised) and the peak of allocated GPU memory of each case. The limit, LayerFusion and the
-LoRA merged into the weights are timed in turns, so drift falls on all of them; each model is
+LoRA merged into the weights are timed in turns, so drift falls on all of them, and so are the
+several-foreground cases (K = 1 to 4: the limit and LayerFusion on sets of K + 2 rows); each model is
 loaded (ComfyUI's weight patching included) before its timed run, so the times are sampling
 alone, and the sequential route's model switches are not counted against it. Prints the table and
 writes `bench_gpu.json` and `bench_gpu.md` into the folder given:
@@ -86,15 +87,20 @@ def run(device_name: str, size: Size) -> dict:
             go()
         return m
 
-    in_turns = {case: sampling.runs(case)[0] for case in bench_cases.IN_TURNS}
-    for one in in_turns.values():  # warm-up: loading, first-call costs
-        timed(one, steps=1)
-    measured: dict[str, list[Meter]] = {case: [] for case in in_turns}
-    for _ in range(size.repeats):
-        for case, one in in_turns.items():
-            measured[case].append(timed(one))
-    cases.update({case: _fastest(meters) for case, meters in measured.items()})
-    log(f"{', '.join(in_turns)} measured in turns")
+    def in_turns(names: tuple[str, ...]) -> None:
+        runs = {case: sampling.runs(case)[0] for case in names}
+        for one in runs.values():  # warm-up: loading, first-call costs
+            timed(one, steps=1)
+        measured: dict[str, list[Meter]] = {case: [] for case in runs}
+        for _ in range(size.repeats):
+            for case, one in runs.items():
+                measured[case].append(timed(one))
+        cases.update({case: _fastest(meters) for case, meters in measured.items()})
+
+    in_turns(bench_cases.IN_TURNS)
+    log(f"{', '.join(bench_cases.IN_TURNS)} measured in turns")
+    in_turns(bench_cases.FOREGROUND_CASES)
+    log(f"several foregrounds (K = {', '.join(map(str, bench_cases.FOREGROUNDS))}) measured in turns")
 
     for case in ("fusion_prior_pass", "sequential"):
         runs = sampling.runs(case)
@@ -139,7 +145,10 @@ def markdown(results: dict) -> str:
     head = (f"Measured {time.strftime('%Y-%m-%d')} on {results['device']} (torch {results['torch']}, {results['arch']} "
             f"{results['dtype']}, {results['image']}x{results['image']}, {results['steps']} steps; "
             f"{results['total_seconds']:.0f} s in all).")
-    return bench_cases.markdown(head, table(results))
+    text = bench_cases.markdown(head, table(results))
+    if part := bench_cases.foregrounds_markdown(results["cases"], results["steps"], MEMORY):
+        text += "\n\n" + part
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from layerfusion_dev.bench_cases import FOREGROUND_CASES
 from layerfusion_dev.paths import REPO
 
 # one torch thread: on a busy machine two threads wait on each other (the depth1 sampling here ran 5-10x slower)
@@ -18,7 +19,8 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 pytestmark = pytest.mark.slow  # the benchmark tool, not the pack: make test-all
 
-CASES = {"limit", "fusion", "merged", "fusion_prior_pass", "sequential", "decode_batched", "decode_loop", "decode_off", "prior"}
+CASES = {"limit", "fusion", "merged", "fusion_prior_pass", "sequential", "decode_batched", "decode_loop", "decode_off", "prior",
+         *FOREGROUND_CASES}
 
 
 def test_the_gpu_benchmark_runs_every_case_on_the_cpu_and_writes_its_json(tmp_path):
@@ -37,7 +39,9 @@ def test_the_gpu_benchmark_runs_every_case_on_the_cpu_and_writes_its_json(tmp_pa
     assert results["image"] == 64 and results["device"].endswith("CPU")
     # every row of the shared table that the GPU bench measures (no peak RSS here); memory "n/a" without CUDA
     names = [row[0] for row in results["table"]]
-    assert len(names) == 10 and all("RSS" not in name for name in names)
+    assert len(names) == 10 + 4 * 3 and all("RSS" not in name for name in names)
     assert "| LayerFusion / limit (3 streams, FG LoRA, no blend), step time (timed in turns) |" in done.stdout
+    assert "| LayerFusion, step time added by foreground 4 / one foreground's step time per row |" in done.stdout
+    assert "| 4 (6) |" in done.stdout and "| n/a / n/a |" in done.stdout  # the several-foreground table; no CUDA: no memory
     assert "transparent decode at 64px" in done.stdout and "structure prior at 256 tokens" in done.stdout
     assert (out / "bench_gpu.md").read_text().strip() == done.stdout.strip()  # the table printed is the one written
