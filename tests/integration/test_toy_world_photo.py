@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 
 from layerfusion_dev.testnodes import toy_models
+from support.toy import NEEDS_FILES, toy_with_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.skipif(not (toy_models.FILES / toy_models.FG_LORA).is_file(),
-                                 reason="the toy world's files are not in the checkout (make toy-world)")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, NEEDS_FILES]
 STEPS = 12
 
 
@@ -19,9 +18,8 @@ STEPS = 12
 def runs():
     from layerfusion_dev.toy_world import measure, photo_measure
 
-    toy = measure.Toy()
+    toy, settings = toy_with_settings()
     case = measure.cases(1)[0]
-    settings = {**measure.DEFAULTS, **toy_models.APPLY_SETTINGS}
     hold = dict(toy_models.HOLD_SETTINGS)
     on, off = (photo_measure.run_photo(toy, case, settings, hold, steps=STEPS, cfg=5.0, blend=blend) for blend in (True, False))
     return case, on, off, photo_measure.photo_claims(case, on, hold), photo_measure.photo_claims(case, off, hold)

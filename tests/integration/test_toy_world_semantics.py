@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from layerfusion_dev.testnodes import toy_models
+from support.toy import NEEDS_FILES
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not (toy_models.FILES / toy_models.FG_LORA).is_file(),
-                                                          reason="the toy world's files are not in the checkout (make toy-world)")]
+pytestmark = [pytest.mark.integration, NEEDS_FILES]
 CASES = 2
 STEPS = 12
 MASK_MARGIN = 0.3  # measured at 12 steps: 0.73 against 0.25, 0.92 against 0.33
