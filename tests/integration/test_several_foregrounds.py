@@ -102,7 +102,7 @@ def test_empty_latent_and_split_with_two_foregrounds():
 def test_blending_off_each_of_the_k_plus_2_streams_equals_its_independent_run(tiny, fg_lora, mode):
     import comfy.sample
 
-    conds, sets, layout = conditioning(tiny, 2), 2, Layout(2)
+    conds, sets, layout = conditioning(tiny, 2), 1, Layout(2)  # one set: its four streams (two sets: the K = 1 test)
     fg_model = apply_branch_lora(tiny.model, fg_lora, Branch.FG, 1.0)
     fused = sample(apply(fg_model, prior_mode=mode, **ALL_OFF), conds, layout.per_set * sets)
     noise = torch.randn(layout.per_set * sets, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
@@ -229,18 +229,18 @@ def test_a_latent_of_another_layout_than_the_conditioning_is_refused(tiny):
 def test_placement_hints_keep_each_foregrounds_prior_and_masks_in_its_place(tiny):
     conds = conditioning(tiny, 2)
     model = apply(tiny.model)
-    plain = sample(model, conds, 8)
+    plain = sample(model, conds, 4)
     (unhinted,) = LayerFusionPlacement.execute(conds[0], 1.0, "").result
-    assert torch.equal(sample(model, (unhinted, conds[1]), 8), plain)  # no hint: the run as without the node
+    assert torch.equal(sample(model, (unhinted, conds[1]), 4), plain)  # no hint: the run as without the node
     right_half = torch.zeros(1, 128, 128)
     right_half[..., 64:] = 1.0
     (hinted,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1", fg_2_mask=right_half).result
-    hinted_out = sample(model, (hinted, conds[1]), 8)
+    hinted_out = sample(model, (hinted, conds[1]), 4)
     assert not torch.equal(hinted_out, plain)
     record = fusion_patch(model).records.record
     left = torch.zeros(record.structure.shape[-2:], dtype=torch.bool)
     left[:, : left.shape[1] // 2] = True
-    for row in range(4):  # two sets of (fg in the left half, fg_2 in the right half)
+    for row in range(2):  # fg in the left half, fg_2 in the right half
         outside = ~left if row % 2 == 0 else left
         assert (record.structure[row][outside] == 0).all() and (record.structure[row][~outside] > 0).any()
         for (_key, _step), soft in record.soft.items():
