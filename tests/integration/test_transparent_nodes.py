@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from layerfusion.layerfusion_core.layout import latents
+from layerfusion.layerfusion_core.layout.streams import THREE_STREAMS, Layout
 from layerfusion.layerfusion_core.transparency import codec
 from layerfusion.layerfusion_core.transparency.networks import LatentOffsetEncoder, TransparentDecoder
 from layerfusion.nodes import transparent as nodes
@@ -34,8 +35,8 @@ def lora_free(state):  # fp16 stand-in -> fp32 module
     return {k: v.float() for k, v in state.items()}
 
 
-def layered_batch(tiny, size=64):
-    latent = latents.empty_layered_latent(1, size, size)
+def layered_batch(tiny, size=64, layout=THREE_STREAMS, sets=1):
+    latent = latents.empty_layered_latent(sets, size, size, layout=layout)
     latent["samples"] = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(0))
     return latent, tiny.vae.decode(latent["samples"])
 
@@ -59,6 +60,15 @@ def test_decode_picks_the_fg_rows_and_matches_the_module_run_directly(tiny, laye
     assert torch.equal(decode(latent, images[0:1])[0], rgba)  # the VAE decode of the fg rows only
     plain = {"samples": latent["samples"]}
     assert decode(plain, images)[0].shape[0] == 3
+
+
+def test_decode_of_several_foregrounds_gives_each_sets_foregrounds_in_order(tiny, layer_model):
+    latent, images = layered_batch(tiny, layout=Layout(2), sets=2)  # rows: fg_1, fg_2, bg, blend, fg_1, fg_2, bg, blend
+    rgba = decode(latent, images)[0]
+    assert rgba.shape == (4, 64, 64, 4)
+    fg_rows = [0, 1, 4, 5]
+    alone = decode({"samples": latent["samples"][fg_rows]}, images[fg_rows])[0]  # the same rows as a plain latent
+    assert torch.equal(rgba, alone)
 
 
 def test_the_decoder_runs_under_comfy_model_management(layer_model):
