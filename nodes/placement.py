@@ -61,6 +61,10 @@ class LayerFusionPlacement(io.ComfyNode):
                                 tooltip="One line per foreground, bottom first (fg, fg_2, ..): 'x0 y0 x1 y1' as fractions of "
                                         "the picture (e.g. '0 0.2 0.5 1': the lower left part), or '-' for no box. A "
                                         "foreground with a mask takes no box."),
+                io.Boolean.Input("steer", default=False, optional=True,
+                                 tooltip="Experimental: also weight each foreground's text (cross-attention) by its hint in every "
+                                         "step, so the foreground layer itself draws its object in its place. Off: only the "
+                                         "masks (and with them the composite) follow the hints."),
                 *masks,
             ],
             outputs=[io.Conditioning.Output("positive_out", display_name="positive",
@@ -68,7 +72,8 @@ class LayerFusionPlacement(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, positive, strength: float, boxes: str = "", **masks: torch.Tensor | None) -> io.NodeOutput:
+    def execute(cls, positive, strength: float, boxes: str = "", steer: bool = False,
+                **masks: torch.Tensor | None) -> io.NodeOutput:
         count = _foregrounds(positive)
         hints: list[Hint | None] = [None if box is None else Hint(box=box) for box in _boxes(boxes, count)]
         for k, name in enumerate(FOREGROUND_NAMES):
@@ -83,6 +88,6 @@ class LayerFusionPlacement(io.ComfyNode):
                                  f"Keep one: write '-' on line {k + 1} of boxes, or disconnect the mask.")
             require_finite(PLACEMENT, f"{name}_mask", mask)
             hints[k] = Hint(mask=mask[None] if mask.ndim == 2 else mask)
-        placement = Placement(tuple(hints), strength) if any(h is not None for h in hints) else None
+        placement = Placement(tuple(hints), strength, steer) if any(h is not None for h in hints) else None
         out = [[cond, {**extra, PLACEMENT_KEY: placement}] for cond, extra in positive]
         return io.NodeOutput(out)

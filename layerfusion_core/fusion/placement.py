@@ -46,21 +46,27 @@ class Placement:
 
     hints: tuple[Hint | None, ...]
     strength: float = 1.0
+    steer: bool = False  # also weight each foreground row's text (cross-attention) output by its hint, in every call
 
-    def weigh(self, prior: torch.Tensor, grid: tuple[int, int], foregrounds: int) -> torch.Tensor:
-        """The structure prior ``[N * K, h*w]`` (set by set) with each foreground's hint applied (a new tensor)."""
+    def weights(self, grid: tuple[int, int], foregrounds: int, sets: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``1 - strength * (1 - h)`` of each foreground of each set on a token grid: ``[sets, K, h*w]``
+        (1 for a foreground without a hint)."""
         if len(self.hints) > foregrounds:
             raise ValueError(f"placement hints for {len(self.hints)} foregrounds, but the run has {foregrounds}")
-        sets = prior.shape[0] // foregrounds
-        weights = torch.ones(sets, foregrounds, prior.shape[-1], device=prior.device)
+        out = torch.ones(sets, foregrounds, grid[0] * grid[1], device=device)
         for k, hint in enumerate(self.hints):
             if hint is None:
                 continue
-            on_grid = hint.on_grid(grid).to(prior.device)
+            on_grid = hint.on_grid(grid).to(device)
             if on_grid.shape[0] not in (1, sets):
                 raise ValueError(f"the placement mask of foreground {k + 1} has {on_grid.shape[0]} images for {sets} layered sets "
                                  "(give one, used for every set, or one per set)")
-            weights[:, k] = 1.0 - self.strength * (1.0 - on_grid)
+            out[:, k] = 1.0 - self.strength * (1.0 - on_grid)
+        return out
+
+    def weigh(self, prior: torch.Tensor, grid: tuple[int, int], foregrounds: int) -> torch.Tensor:
+        """The structure prior ``[N * K, h*w]`` (set by set) with each foreground's hint applied (a new tensor)."""
+        weights = self.weights(grid, foregrounds, prior.shape[0] // foregrounds, prior.device)
         return prior * weights.flatten(0, 1).to(prior.dtype)
 
 

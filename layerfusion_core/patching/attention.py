@@ -87,10 +87,14 @@ class BlendOutput:
 
     def __call__(self, n: torch.Tensor, extra_options: dict, *args, **kwargs) -> torch.Tensor:
         call: FusionCall | None = extra_options.get(CALL_OPTION)
-        if call is None or not call.blend:
+        if call is None:
             return n
         run, key = call.run, block_key(extra_options)
         grid = tuple(extra_options["activations_shape"][-2:])
+        if self.kind == "attn2" and run.placement is not None and run.placement.steer:
+            _steer(n, call, grid)
+        if not call.blend:
+            return n
         if grid not in call.structure:
             call.structure[grid] = priors.resize_map(run.prior, run.prior_grid, grid)
         content = call.content.get(key) if self.kind == "attn2" else run.last_content.get(key)
@@ -107,3 +111,13 @@ class BlendOutput:
         for i, value in zip((*fgs, *layout.offsets(Stream.BG), *layout.offsets(Stream.BLEND)), (*new_fgs, new_bg, new_bl)):
             streams[:, :, i] = value  # n is to_out's fresh output
         return n
+
+
+def _steer(n: torch.Tensor, call: FusionCall, grid: tuple[int, int]) -> None:
+    """Each foreground row's cross-attention output (every chunk) weighted by its placement hint, in place."""
+    selector, foregrounds = call.rows.selector, len(call.run.eos)
+    fgs = selector.offsets(Stream.FG)
+    streams = stream_view(n, selector)  # [chunks, S, per_set, M, D]: S * len(fgs) = sets * K foreground rows
+    sets = streams.shape[1] * len(fgs) // foregrounds
+    weights = call.run.placement.weights(grid, foregrounds, sets, n.device).view(streams.shape[1], len(fgs), -1, 1)
+    streams[:, :, fgs] = streams[:, :, fgs] * weights.to(n.dtype)

@@ -1,5 +1,6 @@
-"""Two foregrounds in one run in the toy world (issue 26): blending off, LayerFusion on, and LayerFusion
-on with placement hints (the first object's box the left half, the second's the right half).
+"""Two foregrounds in one run in the toy world (issue 26): blending off, LayerFusion on, LayerFusion on
+with placement hints (the first object's box the left half, the second's the right half), and the same
+hints steering the foregrounds too (LayerFusion Placement's ``steer``).
 
 Each case is the world's prompt triple with a second object of another colour and shape above the
 first (``fg``: "a red circle", ``fg_2``: "a blue square", the blend prompt naming both), sampled by
@@ -11,7 +12,10 @@ ComfyUI's own sampler from the same noise three times. Per case and run, for obj
 - ``mask_overlap``: IoU of the two hard masks (> 0.5) at the extraction step (runs that blend);
 - ``in_place``: share of the composite's object pixels (both objects) inside their own hint's half.
 
-    python -m layerfusion_dev.toy_world.pair_measure [--seeds 16] [--out bench/toy_world/pairs]
+    python -m layerfusion_dev.toy_world.pair_measure [--seeds 16] [--out bench/toy_world/pairs] [--kinds steer]
+
+``--kinds`` runs only those; the other kinds' rows are kept from the folder's results.json (the same
+cases, settings and noise: each run is deterministic).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, cases, 
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("blend_iou", "fg_overlap", "mask_overlap", "in_place")
-RUNS = ("off", "on", "hints")
+RUNS = ("off", "on", "hints", "steer")
+TITLES = {"off": "blending off", "on": "LayerFusion on", "hints": "on, placement hints", "steer": "on, hints steering"}
 BOXES = "0 0 0.5 1\n0.5 0 1 1"  # LayerFusion Placement's boxes: fg left, fg_2 right
 ALL_OFF = {"blend_blend": False, "blend_fg": False, "blend_bg": False}
 
@@ -80,8 +85,8 @@ def run_pair(toy: Toy, case: PairCase, settings: dict[str, Any], kind: str, *, s
 
     fg, fg_2, bg, blend = case.prompts
     positive, negative = LayerFusionConditioning.execute(toy.clip, fg, bg, blend, "", fg_2=fg_2).result
-    if kind == "hints":
-        positive = LayerFusionPlacement.execute(positive, 1.0, BOXES).result[0]
+    if kind in ("hints", "steer"):
+        positive = LayerFusionPlacement.execute(positive, 1.0, BOXES, steer=kind == "steer").result[0]
     latent = LayerFusionEmptyLatent.execute(width=SIZE, height=SIZE, sets=1, foregrounds=2).result[0]
     model = LayerFusionApply.execute(toy.fg_model, **{**settings, **(ALL_OFF if kind == "off" else {})}).result[0]
     noise = comfy.sample.prepare_noise(latent["samples"], case.first.seed)
@@ -112,14 +117,14 @@ def pair_claims(case: PairCase, run: PairRun) -> dict[str, float]:
 
 
 def picture(runs: list[dict[str, PairRun]], path: Path) -> None:
-    """Rows: one case; per run (off, on, hints): the two foregrounds over a checkerboard and the composite."""
+    """Rows: one case; per run (`RUNS` order): the two foregrounds over a checkerboard and the composite."""
     import numpy as np
     from PIL import Image
 
     rows = []
     for by_kind in runs:
-        cells = [cell for kind in RUNS for cell in (checker(by_kind[kind].fg_rgba[0]), checker(by_kind[kind].fg_rgba[1]),
-                                                      by_kind[kind].blend)]
+        cells = [cell for kind in RUNS if kind in by_kind for cell in (checker(by_kind[kind].fg_rgba[0]),
+                                                                          checker(by_kind[kind].fg_rgba[1]), by_kind[kind].blend)]
         rows.append(torch.cat([c.float().cpu() for c in cells], dim=1))
     grid = torch.cat(rows, dim=0).clamp(0, 1).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,10 +132,11 @@ def picture(runs: list[dict[str, PairRun]], path: Path) -> None:
 
 
 def table(summaries: dict[str, dict[str, tuple[float, float]]], count: int) -> str:
-    lines = [f"| ({count} seeds, mean ± sd) | blending off | LayerFusion on | on, with placement hints |", "|---|---|---|---|"]
+    kinds = [kind for kind in RUNS if kind in summaries]
+    lines = [f"| ({count} seeds, mean ± sd) | {' | '.join(TITLES[k] for k in kinds)} |", "|---|" + "---|" * len(kinds)]
     for claim in CLAIMS:
         cells = []
-        for kind in RUNS:
+        for kind in kinds:
             mean, sd = summaries[kind][claim]
             cells.append("n/a" if mean != mean else f"{mean:.3f} ± {sd:.3f}")
         lines.append(f"| {claim} | {' | '.join(cells)} |")
@@ -138,12 +144,12 @@ def table(summaries: dict[str, dict[str, tuple[float, float]]], count: int) -> s
 
 
 def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, Any], picture_path: Path | None = None,
-            on_case=None, first_seed: int = FIRST_SEED) -> dict[str, Any]:
-    rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in RUNS}
+            on_case=None, first_seed: int = FIRST_SEED, kinds: tuple[str, ...] = RUNS) -> dict[str, Any]:
+    rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     shown = []
     drawn = pair_cases(count, first_seed)
     for case in drawn:
-        by_kind = {kind: run_pair(toy, case, settings, kind, steps=steps, cfg=cfg) for kind in RUNS}
+        by_kind = {kind: run_pair(toy, case, settings, kind, steps=steps, cfg=cfg) for kind in kinds}
         for kind, run in by_kind.items():
             rows[kind].append(pair_claims(case, run))
         if len(shown) < 6:
@@ -153,7 +159,16 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
     if picture_path is not None:
         picture(shown, picture_path)
     return {"cases": [dataclasses.asdict(c) for c in drawn], "rows": rows,
-            "summary": {kind: summarise(rows[kind], CLAIMS) for kind in RUNS}}
+            "summary": {kind: summarise(rows[kind], CLAIMS) for kind in kinds}}
+
+
+def merged(result: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the rows of the kinds it did not run taken from ``earlier`` (the same cases and settings)."""
+    same = all(earlier.get(key) == result.get(key) for key in ("cases", "settings", "boxes", "steps", "cfg", "first_seed"))
+    if not same:
+        raise ValueError("the folder's results.json was measured on other cases or settings: run every kind")
+    rows = {**{k: v for k, v in earlier["rows"].items() if k not in result["rows"]}, **result["rows"]}
+    return {**result, "rows": rows, "summary": {kind: summarise(rows[kind], CLAIMS) for kind in RUNS if kind in rows}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "toy_world" / "pairs")
+    parser.add_argument("--kinds", nargs="+", choices=RUNS, default=list(RUNS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from ..host import import_comfy
@@ -173,9 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=args.seeds, desc="toy world: two foregrounds", unit="seed")
-    result = measure(toy, args.seeds, args.steps, args.cfg, settings, args.out / "pairs.png", bar.update, args.first_seed)
+    kinds = tuple(kind for kind in RUNS if kind in args.kinds)
+    picture_path = args.out / ("pairs.png" if kinds == RUNS else f"pairs_{'_'.join(kinds)}.png")
+    result = measure(toy, args.seeds, args.steps, args.cfg, settings, picture_path, bar.update, args.first_seed, kinds)
     bar.close()
     result.update(settings=settings, boxes=BOXES, steps=args.steps, cfg=args.cfg, first_seed=args.first_seed)
+    if kinds != RUNS and (args.out / "results.json").is_file():
+        result = merged(result, json.loads((args.out / "results.json").read_text()))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     text = table(result["summary"], args.seeds)

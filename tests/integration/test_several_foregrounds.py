@@ -266,3 +266,23 @@ def test_placement_needs_layerfusion_conditioning(tiny):
     (plain,) = CLIPTextEncode().encode(tiny.clip, "a cat")
     with pytest.raises(ValueError, match="LayerFusion Placement: input 'positive': does not come from LayerFusion Conditioning"):
         LayerFusionPlacement.execute(plain, 1.0)
+
+
+def test_steering_weights_each_foregrounds_text_attention_by_its_hint_and_only_when_asked(tiny):
+    conds = conditioning(tiny, 2)
+    model = apply(tiny.model, blend_fg=False)  # the foreground rows' outputs as steered (no composite written back into them)
+    (hinted,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1").result
+    (steered,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1", steer=True).result
+    capture = Capture(fusion_patch(model).settings.structure_block)
+    watched = model.clone()
+    watched.set_model_attn2_output_patch(capture.after)  # after the pack's: the steered output
+    capture.calls.append({})
+    out_hinted = sample(watched, (hinted, conds[1]), 4)
+    calls_before = len(capture.calls)
+    out_steered = sample(watched, (steered, conds[1]), 4)
+    assert not torch.equal(out_steered[:2], out_hinted[:2])  # the foregrounds change
+    after = capture.calls[-1]["after"]  # the last call of the steered run: [cond/uncond chunks x 4 rows, M, D]
+    grid = int(after.shape[1] ** 0.5)
+    rows = after.view(-1, 4, grid, grid, after.shape[-1])
+    assert calls_before >= 1 and (rows[:, 0, :, grid // 2:] == 0).all() and (rows[:, 1, :, : grid // 2] == 0).all()
+    assert rows[:, 0, :, : grid // 2].abs().sum() > 0 and rows[:, 2:].abs().sum() > 0  # inside the hint, and bg/blend, untouched

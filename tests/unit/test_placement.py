@@ -55,3 +55,12 @@ def test_parse_box(text, box):
 def test_parse_box_refuses_what_is_not_a_box(text):
     with pytest.raises(ValueError, match="box"):
         parse_box(text)
+
+
+def test_the_weights_are_per_set_and_foreground_and_weigh_uses_them():
+    placement = Placement((Hint(box=(0.0, 0.0, 0.5, 1.0)), None), 0.5)
+    weights = placement.weights((2, 2), 2, 3)
+    assert weights.shape == (3, 2, 4)
+    assert torch.equal(weights[:, 0], torch.tensor([[1.0, 0.5, 1.0, 0.5]] * 3)) and (weights[:, 1] == 1).all()
+    prior = torch.rand(6, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(placement.weigh(prior, (2, 2), 2), prior * weights.flatten(0, 1))
