@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from layerfusion_dev import bench_cases
+from layerfusion_dev import bench_cases, bench_table
 from layerfusion_dev.bench_cases import Size
 from layerfusion_dev.paths import REPO
 
@@ -187,17 +187,17 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
     sizes = {name: Size(**size) for name, size in results["sizes"].items()}
     rows = []
     for arch, measured in results["arch"].items():
-        rows += bench_cases.table(arch_cases(measured), "cpu", sizes[arch], MEMORY, f"{LABELS.get(arch, arch)}: ")
-    return rows + bench_cases.table(results["shared"], "cpu", sizes["shared"], MEMORY)
+        rows += bench_table.table(arch_cases(measured), "cpu", sizes[arch], MEMORY, f"{LABELS.get(arch, arch)}: ")
+    return rows + bench_table.table(results["shared"], "cpu", sizes["shared"], MEMORY)
 
 
 def markdown(results: dict) -> str:
     sizes = "; ".join(f"{LABELS.get(arch, arch)}: {results['sizes'][arch]['latent']}x{results['sizes'][arch]['latent']} latent, "
                       f"{results['sizes'][arch]['steps']} steps" for arch in results["arch"])
-    text = bench_cases.markdown(f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']} ({sizes}).", table(results))
+    text = bench_table.markdown(f"Measured {time.strftime('%Y-%m-%d')} on {results['machine']} ({sizes}).", table(results))
     for arch, measured in results["arch"].items():
         steps = measured.get(bench_cases.FOREGROUNDS_GROUP, {}).get("steps", results["sizes"][arch]["steps"])
-        if part := bench_cases.foregrounds_markdown(arch_cases(measured), steps, MEMORY, f"{LABELS.get(arch, arch)}: "):
+        if part := bench_table.foregrounds_markdown(arch_cases(measured), steps, MEMORY, f"{LABELS.get(arch, arch)}: "):
             text += "\n\n" + part
     return text
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from layerfusion_dev import bench_cases
+from layerfusion_dev import bench_cases, bench_table
 from layerfusion_dev.bench_cases import Size
 
 DEFAULT = Size(arch="sdxl", latent=128, steps=4, repeats=3, rank=256, decode_size=1024, prior_tokens=4096)
@@ -138,15 +138,15 @@ def run(device_name: str, size: Size) -> dict:
 
 def table(results: dict) -> list[tuple[str, str, str, str]]:
     size = Size(**{f: results[f] for f in Size.__dataclass_fields__})
-    return bench_cases.table(results["cases"], "gpu", size, MEMORY)
+    return bench_table.table(results["cases"], "gpu", size, MEMORY)
 
 
 def markdown(results: dict) -> str:
     head = (f"Measured {time.strftime('%Y-%m-%d')} on {results['device']} (torch {results['torch']}, {results['arch']} "
             f"{results['dtype']}, {results['image']}x{results['image']}, {results['steps']} steps; "
             f"{results['total_seconds']:.0f} s in all).")
-    text = bench_cases.markdown(head, table(results))
-    if part := bench_cases.foregrounds_markdown(results["cases"], results["steps"], MEMORY):
+    text = bench_table.markdown(head, table(results))
+    if part := bench_table.foregrounds_markdown(results["cases"], results["steps"], MEMORY):
         text += "\n\n" + part
     return text
 

@@ -34,6 +34,7 @@ class FusionCall:
     blend_next: bool = False  # a later call may blend: keep the content maps of this one
     content: dict[BlockKey, torch.Tensor] = dataclasses.field(default_factory=dict)
     structure: dict[tuple[int, int], torch.Tensor] = dataclasses.field(default_factory=dict)  # s' per token grid
+    steering: dict[tuple[int, int], torch.Tensor] = dataclasses.field(default_factory=dict)  # placement weights per token grid
 
 
 def block_key(extra_options: dict) -> BlockKey:
@@ -118,6 +119,8 @@ def _steer(n: torch.Tensor, call: FusionCall, grid: tuple[int, int]) -> None:
     selector, foregrounds = call.rows.selector, len(call.run.eos)
     fgs = selector.offsets(Stream.FG)
     streams = stream_view(n, selector)  # [chunks, S, per_set, M, D]: S * len(fgs) = sets * K foreground rows
-    sets = streams.shape[1] * len(fgs) // foregrounds
-    weights = call.run.placement.weights(grid, foregrounds, sets, n.device).view(streams.shape[1], len(fgs), -1, 1)
-    streams[:, :, fgs] = streams[:, :, fgs] * weights.to(n.dtype)
+    if grid not in call.steering:  # once per token grid and call, not per block
+        sets = streams.shape[1] * len(fgs) // foregrounds
+        weights = call.run.placement.weights(grid, foregrounds, sets, n.device)
+        call.steering[grid] = weights.view(streams.shape[1], len(fgs), -1, 1).to(n.dtype)
+    streams[:, :, fgs] = streams[:, :, fgs] * call.steering[grid]

@@ -243,27 +243,39 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
             "summary_on": summarise(on_rows), "summary_off": summarise(off_rows), "blocks": block_report(on_runs)}
 
 
+def case_arguments(doc: str | None, out: Path) -> argparse.ArgumentParser:
+    """A measurement's command line: the cases (``--seeds``, ``--first-seed``), the sampling (``--steps``,
+    ``--cfg``) and the folder it writes (``--out``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--first-seed", type=int, default=FIRST_SEED, help="another value draws other cases (held out)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
+
+
+def start_host() -> None:
+    """Warnings only on the console, and ComfyUI importable on the CPU."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from ..host import import_comfy
+
+    import_comfy(cpu=True)
+
+
 DEFAULTS = {"d": 10.0, "prior_at": 0.8, "prior_mode": "prior_pass", "blend_start": 0.0, "blend_end": 1.0, "bg_mode": "bg_from_bl",
             "blend_blend": True, "blend_fg": True, "blend_bg": True, "norm_quantile": 1.0}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=16)
-    parser.add_argument("--first-seed", type=int, default=FIRST_SEED, help="another value draws other cases (held out)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
+    parser = case_arguments(__doc__, REPO / "bench" / "toy_world")
     parser.add_argument("--toy-settings", action="store_true",
                         help=f"start from the toy model's own LayerFusion Apply inputs ({toy_models.APPLY_SETTINGS}) instead of the defaults")
     parser.add_argument("--set", action="append", default=[], help="a LayerFusion Apply input, e.g. --set prior_at=0.5")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "toy_world")
     parser.add_argument("--checkpoint", type=Path, default=toy_models.FILES / toy_models.CHECKPOINT)
     parser.add_argument("--lora", type=Path, default=toy_models.FILES / toy_models.FG_LORA)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from ..host import import_comfy
-
-    import_comfy(cpu=True)
+    start_host()
     settings = {**DEFAULTS, **(toy_models.APPLY_SETTINGS if args.toy_settings else {})}
     for item in args.set:
         key, value = item.split("=", 1)

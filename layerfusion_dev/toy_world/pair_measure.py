@@ -20,7 +20,6 @@ cases, settings and noise: each run is deterministic).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -33,7 +32,7 @@ import torch
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, cases, checker, summarise
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, case_arguments, cases, checker, start_host, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("blend_iou", "fg_overlap", "mask_overlap", "in_place")
@@ -172,18 +171,10 @@ def merged(result: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=16)
-    parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "toy_world" / "pairs")
+    parser = case_arguments(__doc__, REPO / "bench" / "toy_world" / "pairs")
     parser.add_argument("--kinds", nargs="+", choices=RUNS, default=list(RUNS))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from ..host import import_comfy
-
-    import_comfy(cpu=True)
+    start_host()
     settings = {**DEFAULTS, **toy_models.APPLY_SETTINGS}
     toy = Toy()
     from tqdm import tqdm

@@ -24,7 +24,6 @@ nothing holds the composite). Per case:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, cases, checker, summarise
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, case_arguments, cases, checker, start_host, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("blend_iou", "bg_exact", "outside_exact", "near_acts", "near_level", "far_acts", "unbanded_acts")
@@ -167,17 +166,9 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=16)
-    parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "toy_world" / "photo")
+    parser = case_arguments(__doc__, REPO / "bench" / "toy_world" / "photo")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from ..host import import_comfy
-
-    import_comfy(cpu=True)
+    start_host()
     settings = {**DEFAULTS, **toy_models.APPLY_SETTINGS}
     hold = dict(toy_models.HOLD_SETTINGS)
     toy = Toy()
