@@ -51,7 +51,8 @@ class LayerFusionPlacement(io.ComfyNode):
             category=CATEGORY,
             description="Placement hints for several foregrounds: a box or a mask per foreground weights that foreground's "
                         "structure prior, so its masks (and the object in the composite) stay in its place and two objects "
-                        "do not claim the same one. Goes between LayerFusion Conditioning's positive and the sampler.",
+                        "do not claim the same one, and (steer) its text, so its own layer draws the object there. Goes "
+                        "between LayerFusion Conditioning's positive and the sampler.",
             inputs=[
                 io.Conditioning.Input("positive", tooltip="LayerFusion Conditioning's positive."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
@@ -61,10 +62,11 @@ class LayerFusionPlacement(io.ComfyNode):
                                 tooltip="One line per foreground, bottom first (fg, fg_2, ..): 'x0 y0 x1 y1' as fractions of "
                                         "the picture (e.g. '0 0.2 0.5 1': the lower left part), or '-' for no box. A "
                                         "foreground with a mask takes no box."),
-                io.Boolean.Input("steer", default=False, optional=True,
-                                 tooltip="Experimental: also weight each foreground's text (cross-attention) by its hint in every "
-                                         "step, so the foreground layer itself draws its object in its place. Off: only the "
-                                         "masks (and with them the composite) follow the hints."),
+                io.Boolean.Input("steer", default=True, optional=True,
+                                 tooltip="On: also weight each foreground's text (cross-attention) by its hint in every step, so "
+                                         "the foreground layer itself draws its object in its place. Off: only the masks (and "
+                                         "with them the composite) follow the hints; a foreground that draws its object "
+                                         "elsewhere is then cut at its hint's edge in the composite."),
                 *masks,
             ],
             outputs=[io.Conditioning.Output("positive_out", display_name="positive",
@@ -72,7 +74,7 @@ class LayerFusionPlacement(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, positive, strength: float, boxes: str = "", steer: bool = False,
+    def execute(cls, positive, strength: float, boxes: str = "", steer: bool = True,
                 **masks: torch.Tensor | None) -> io.NodeOutput:
         count = _foregrounds(positive)
         hints: list[Hint | None] = [None if box is None else Hint(box=box) for box in _boxes(boxes, count)]

@@ -46,7 +46,7 @@ class Placement:
 
     hints: tuple[Hint | None, ...]
     strength: float = 1.0
-    steer: bool = False  # also weight each foreground row's text (cross-attention) output by its hint, in every call
+    steer: bool = False  # also weight each foreground's prompt (its cross-attention, cond against uncond) by its hint, in every call
 
     def weights(self, grid: tuple[int, int], foregrounds: int, sets: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """``1 - strength * (1 - h)`` of each foreground of each set on a token grid: ``[sets, K, h*w]``

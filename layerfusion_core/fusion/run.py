@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 
 import torch
 
 from ..layout.streams import Layout
 from .placement import Placement
 from .settings import BlockKey, FusionSettings, PriorMode
+
+log = logging.getLogger(__name__)
 
 
 class Phase(enum.Enum):
@@ -94,6 +97,13 @@ class FusionRun:
     extraction_phase: Phase | None = None
     soft: dict[tuple[BlockKey, int], torch.Tensor] = dataclasses.field(default_factory=dict)
     band: torch.Tensor | None = None  # the last band of the composite's hold (photo.hold_band)
+    noted: set[str] = dataclasses.field(default_factory=set)  # warnings already given in this run
+
+    def note_once(self, key: str, message: str) -> None:
+        """Warn ``message`` the first time ``key`` comes up in this run."""
+        if key not in self.noted:
+            self.noted.add(key)
+            log.warning(message)
 
     @property
     def layout(self) -> Layout:

@@ -128,11 +128,18 @@ def _near(rgb: torch.Tensor, colour: tuple[float, float, float], tolerance: floa
     return (rgb - torch.tensor(colour, dtype=rgb.dtype)).abs().amax(dim=-1) < tolerance
 
 
+def has_colour(rgba: torch.Tensor, colour: tuple[float, float, float]) -> bool:
+    """Whether a foreground ``[H, W, 4]`` has an object (alpha > 0.5 on more than 1 % of it) whose mean
+    colour is near ``colour``."""
+    obj = rgba[..., 3] > 0.5
+    return bool(obj.sum() > 0.01 * obj.numel()) and bool(_near(rgba[..., :3][obj].mean(0), colour, 0.25).item())
+
+
 def claims(case: Case, run: Run) -> dict[str, float]:
     colour = scenes.OBJECT_COLOURS[case.colour]
     alpha = run.fg_rgba[..., 3]
     obj = alpha > 0.5
-    fg_colour_ok = bool(obj.sum() > 0.01 * obj.numel()) and _near(run.fg_rgba[..., :3][obj].mean(0), colour, 0.25).item()
+    fg_colour_ok = has_colour(run.fg_rgba, colour)
     base = scenes.BACKGROUND_COLOURS[case.bg_colour]
     light = tuple(c + (1 - c) * 0.45 for c in base)
     bg_share = (_near(run.bg, base, 0.2) | _near(run.bg, light, 0.2)).float().mean().item()

@@ -1,11 +1,14 @@
 """Two foregrounds in one run in the toy world (issue 26): blending off, LayerFusion on, LayerFusion on
-with placement hints (the first object's box the left half, the second's the right half), and the same
-hints steering the foregrounds too (LayerFusion Placement's ``steer``).
+with placement hints (the first object's box the left half, the second's the right half) weighting only
+the structure priors (LayerFusion Placement's ``steer`` off), and the same hints steering the foregrounds
+too (``steer`` on, the node's default).
 
 Each case is the world's prompt triple with a second object of another colour and shape above the
 first (``fg``: "a red circle", ``fg_2``: "a blue square", the blend prompt naming both), sampled by
-ComfyUI's own sampler from the same noise three times. Per case and run, for object k = 1, 2:
+ComfyUI's own sampler from the same noise four times. Per case and run, for object k = 1, 2:
 
+- ``fg_colour``: whether foreground k has an object (alpha > 0.5) of its prompted colour, averaged over
+  the two (0, 0.5 or 1): what steering costs the foregrounds, if anything;
 - ``blend_iou``: the composite's object k (pixels near its colour) against foreground k's alpha > 0.5
   (IoU), averaged over the two objects: each object is put where its own foreground's is;
 - ``fg_overlap``: IoU of the two foregrounds' objects (alpha > 0.5);
@@ -32,12 +35,12 @@ import torch
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, case_arguments, cases, checker, start_host, summarise
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, case_arguments, cases, checker, has_colour, start_host, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
-CLAIMS = ("blend_iou", "fg_overlap", "mask_overlap", "in_place")
+CLAIMS = ("fg_colour", "blend_iou", "fg_overlap", "mask_overlap", "in_place")
 RUNS = ("off", "on", "hints", "steer")
-TITLES = {"off": "blending off", "on": "LayerFusion on", "hints": "on, placement hints", "steer": "on, hints steering"}
+TITLES = {"off": "blending off", "on": "LayerFusion on", "hints": "on, hints, steer off", "steer": "on, hints, steer on (default)"}
 BOXES = "0 0 0.5 1\n0.5 0 1 1"  # LayerFusion Placement's boxes: fg left, fg_2 right
 ALL_OFF = {"blend_blend": False, "blend_fg": False, "blend_bg": False}
 
@@ -108,6 +111,7 @@ def pair_claims(case: PairCase, run: PairRun) -> dict[str, float]:
     halves[0, :, : SIZE // 2], halves[1, :, SIZE // 2:] = True, True
     drawn = sum(int(c.sum()) for c in in_composite)
     return {
+        "fg_colour": sum(has_colour(run.fg_rgba[k], colours[k]) for k in range(2)) / 2,
         "blend_iou": sum(_iou(in_composite[k], objects[k]) for k in range(2)) / 2,
         "fg_overlap": _iou(objects[0], objects[1]),
         "mask_overlap": _iou(run.hard[0] > 0.5, run.hard[1] > 0.5) if run.hard is not None else float("nan"),

@@ -268,21 +268,57 @@ def test_placement_needs_layerfusion_conditioning(tiny):
         LayerFusionPlacement.execute(plain, 1.0)
 
 
-def test_steering_weights_each_foregrounds_text_attention_by_its_hint_and_only_when_asked(tiny):
+def watched_steering(tiny):
+    """The tiny model under LayerFusion Apply (blend_fg off: the foreground rows' outputs as steered), with
+    the structure block's attn2 output captured before and after the pack's patch."""
+    capture = Capture(("output", 5, 0))
+    base = tiny.model.clone()
+    base.set_model_attn2_patch(capture.inputs)
+    base.set_model_attn2_output_patch(capture.before)
+    model = apply(base, blend_fg=False)
+    model.set_model_attn2_output_patch(capture.after)
+    assert fusion_patch(model).settings.structure_block == capture.key
+    return model, capture
+
+
+def halves(grid):
+    """Placement's weights for the boxes '0 0 0.5 1' (fg) and '0.5 0 1 1' (fg_2) at strength 1, per token."""
+    weights = torch.zeros(2, *grid)
+    weights[0, :, : grid[1] // 2], weights[1, :, grid[1] // 2:] = 1.0, 1.0
+    return weights
+
+
+def test_steering_weights_each_foregrounds_prompt_by_its_hint_unless_switched_off(tiny):
     conds = conditioning(tiny, 2)
-    model = apply(tiny.model, blend_fg=False)  # the foreground rows' outputs as steered (no composite written back into them)
-    (hinted,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1").result
-    (steered,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1", steer=True).result
-    capture = Capture(fusion_patch(model).settings.structure_block)
-    watched = model.clone()
-    watched.set_model_attn2_output_patch(capture.after)  # after the pack's: the steered output
-    capture.calls.append({})
-    out_hinted = sample(watched, (hinted, conds[1]), 4)
-    calls_before = len(capture.calls)
-    out_steered = sample(watched, (steered, conds[1]), 4)
+    model, capture = watched_steering(tiny)
+    (hinted,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1", steer=False).result
+    (steered,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1").result  # steer: the default
+    out_hinted = sample(model, (hinted, conds[1]), 4)
+    assert torch.equal(out_hinted[:2], sample(model, conds, 4)[:2])  # steer off: the foregrounds as without hints
+    out_steered = sample(model, (steered, conds[1]), 4)
     assert not torch.equal(out_steered[:2], out_hinted[:2])  # the foregrounds change
-    after = capture.calls[-1]["after"]  # the last call of the steered run: [cond/uncond chunks x 4 rows, M, D]
-    grid = int(after.shape[1] ** 0.5)
-    rows = after.view(-1, 4, grid, grid, after.shape[-1])
-    assert calls_before >= 1 and (rows[:, 0, :, grid // 2:] == 0).all() and (rows[:, 1, :, : grid // 2] == 0).all()
-    assert rows[:, 0, :, : grid // 2].abs().sum() > 0 and rows[:, 2:].abs().sum() > 0  # inside the hint, and bg/blend, untouched
+    call = capture.calls[-1]  # the last call of the steered run, both chunks in it
+    chunks, (h, w) = call["cond_or_uncond"], call["grid"]
+    assert sorted(chunks) == [0, 1]
+    before, after = (call[k].view(len(chunks), 4, h, w, -1) for k in ("before", "after"))
+    cond, uncond = chunks.index(0), chunks.index(1)
+    weights = halves((h, w))[..., None]
+    expected = before[uncond, :2] + weights * (before[cond, :2] - before[uncond, :2])  # naive: uncond + w (cond - uncond)
+    torch.testing.assert_close(after[cond, :2], expected)
+    assert torch.equal(after[cond, 0, :, w // 2:], before[uncond, 0, :, w // 2:])  # outside its hint: the prompt has no effect
+    assert torch.equal(after[uncond, :2], before[uncond, :2])  # the uncond chunk untouched
+    assert not torch.equal(after[cond, :2], before[uncond, :2])
+
+
+def test_steering_without_uncond_weights_the_output_itself_and_says_so_once(tiny, caplog):
+    conds = conditioning(tiny, 2)
+    model, capture = watched_steering(tiny)
+    (steered,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1").result
+    with caplog.at_level("WARNING"):
+        sample(model, (steered, conds[1]), 4, cfg=1.0)  # cfg 1: ComfyUI runs no uncond
+    assert sum("steer: a UNet call had no uncond rows" in r.getMessage() for r in caplog.records) == 1
+    call = capture.calls[-1]
+    (h, w) = call["grid"]
+    assert call["cond_or_uncond"] == [0]
+    before, after = (call[k].view(4, h, w, -1) for k in ("before", "after"))
+    torch.testing.assert_close(after[:2], before[:2] * halves((h, w))[..., None])

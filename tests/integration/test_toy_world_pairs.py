@@ -1,6 +1,7 @@
 """Two foregrounds in one run on the toy world's trained files (slow tier): the first case of
 `python -m layerfusion_dev.toy_world.pair_measure` with LayerFusion on and with placement hints (the first
-object's box the left half, the second's the right half), through the pack's nodes and ComfyUI's sampler.
+object's box the left half, the second's the right half; `steer` off and on), through the pack's nodes and
+ComfyUI's sampler.
 The full measurement (16 seeds, with blending off) is in the README."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def runs():
 
     toy, settings = toy_with_settings()
     case = pair_measure.pair_cases(1)[0]
-    out = {kind: pair_measure.run_pair(toy, case, settings, kind, steps=STEPS, cfg=5.0) for kind in ("on", "hints")}
+    out = {kind: pair_measure.run_pair(toy, case, settings, kind, steps=STEPS, cfg=5.0) for kind in ("on", "hints", "steer")}
     return case, out, {kind: pair_measure.pair_claims(case, run) for kind, run in out.items()}
 
 
@@ -35,3 +36,12 @@ def test_each_foreground_has_its_own_masks_and_the_hints_keep_them_apart(runs):
 def test_with_hints_the_composites_objects_are_in_their_places_more_often(runs):
     case, _out, claims = runs
     assert claims["hints"]["in_place"] > claims["on"]["in_place"], (case, claims)
+
+
+def test_steering_puts_each_foregrounds_own_object_in_its_place_in_its_colour(runs):
+    case, out, claims = runs
+    objects = out["steer"].fg_rgba[..., 3] > 0.5  # [2, H, W]
+    half = objects.shape[-1] // 2
+    assert objects[0].sum() > 0 and objects[1].sum() > 0, case
+    assert objects[0][:, :half].sum() >= 0.9 * objects[0].sum() and objects[1][:, half:].sum() >= 0.9 * objects[1].sum(), case
+    assert claims["steer"]["fg_colour"] >= claims["hints"]["fg_colour"], (case, claims)
