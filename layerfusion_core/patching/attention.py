@@ -115,11 +115,11 @@ class BlendOutput:
 
 
 def _steer(n: torch.Tensor, call: FusionCall, grid: tuple[int, int]) -> None:
-    """Each foreground's prompt weighted per token by its placement hint ``w``, in place: in the cond chunk
-    its cross-attention output becomes ``uncond + w * (cond - uncond)``, so outside its hint the prompt does
-    not guide that foreground (the uncond chunk is untouched: what the model draws without the prompt).
-    A call without both chunks (cfg 1, or cond and uncond run apart) weights the cond output itself
-    (``w * cond``), a cruder steer: the run says so once."""
+    """Each foreground's prompt weighted per token by its placement hint ``w``, in place: in every cond
+    chunk its cross-attention output becomes ``uncond + w * (cond - uncond)``, so outside its hint the prompt
+    does not guide that foreground (the uncond chunk is untouched: what the model draws without the prompt).
+    A call without both (cfg 1, or cond and uncond run apart) weights the output itself (``w * out``, in
+    cond and uncond calls alike, so their difference stays the prompt's), a cruder steer: the run says so once."""
     selector, foregrounds = call.rows.selector, len(call.run.eos)
     fgs = selector.offsets(Stream.FG)
     streams = stream_view(n, selector)  # [chunks, S, per_set, M, D]: S * len(fgs) = sets * K foreground rows
@@ -129,14 +129,13 @@ def _steer(n: torch.Tensor, call: FusionCall, grid: tuple[int, int]) -> None:
         call.steering[grid] = weights.view(streams.shape[1], len(fgs), -1, 1).to(n.dtype)
     weights = call.steering[grid]
     chunks = call.rows.cond_or_uncond
-    if 0 not in chunks:
-        return  # uncond only: nothing of the prompt to weight
-    cond = chunks.index(0)
-    if 1 in chunks:
+    conds = [i for i, kind in enumerate(chunks) if kind == 0]  # several when the positive has several entries
+    if conds and 1 in chunks:
         uncond = streams[chunks.index(1), :, fgs]
-        streams[cond, :, fgs] = uncond + weights * (streams[cond, :, fgs] - uncond)
-    else:
-        call.run.note_once("steer_without_uncond", "LayerFusion Placement's steer: a UNet call had no uncond rows (cfg 1, or "
-                           "cond and uncond run apart), so the foregrounds' cross-attention is weighted by the hints directly, "
-                           "a cruder steer that can cost the objects their prompted colours: set steer off if it does")
-        streams[cond, :, fgs] = streams[cond, :, fgs] * weights
+        for cond in conds:
+            streams[cond, :, fgs] = uncond + weights * (streams[cond, :, fgs] - uncond)
+        return
+    call.run.note_once("steer_without_uncond", "LayerFusion Placement's steer: a UNet call had cond or uncond rows alone "
+                       "(cfg 1, or cond and uncond run apart), so the foregrounds' cross-attention is weighted by the hints "
+                       "directly, a cruder steer that can cost the objects their prompted colours: set steer off if it does")
+    streams[:, :, fgs] = streams[:, :, fgs] * weights

@@ -310,15 +310,21 @@ def test_steering_weights_each_foregrounds_prompt_by_its_hint_unless_switched_of
     assert not torch.equal(after[cond, :2], before[uncond, :2])
 
 
-def test_steering_without_uncond_weights_the_output_itself_and_says_so_once(tiny, caplog):
+@pytest.mark.parametrize("apart", [False, True], ids=["cfg 1", "cond and uncond apart"])
+def test_steering_without_both_chunks_weights_the_output_itself_and_says_so_once(tiny, caplog, monkeypatch, apart):
     conds = conditioning(tiny, 2)
     model, capture = watched_steering(tiny)
     (steered,) = LayerFusionPlacement.execute(conds[0], 1.0, "0 0 0.5 1\n0.5 0 1 1").result
+    if apart:  # cond and uncond together would not fit: ComfyUI runs them in separate UNet calls
+        base = model.model
+        required = base.memory_required
+        monkeypatch.setattr(base, "memory_required", lambda shape, **kw: float("inf") if shape[0] > 4 else required(shape, **kw))
     with caplog.at_level("WARNING"):
-        sample(model, (steered, conds[1]), 4, cfg=1.0)  # cfg 1: ComfyUI runs no uncond
-    assert sum("steer: a UNet call had no uncond rows" in r.getMessage() for r in caplog.records) == 1
-    call = capture.calls[-1]
-    (h, w) = call["grid"]
-    assert call["cond_or_uncond"] == [0]
-    before, after = (call[k].view(4, h, w, -1) for k in ("before", "after"))
-    torch.testing.assert_close(after[:2], before[:2] * halves((h, w))[..., None])
+        sample(model, (steered, conds[1]), 4, cfg=5.0 if apart else 1.0)  # cfg 1: ComfyUI runs no uncond
+    assert sum("steer: a UNet call had cond or uncond rows alone" in r.getMessage() for r in caplog.records) == 1
+    seen = {tuple(call["cond_or_uncond"]) for call in capture.calls}
+    assert seen == ({(0,), (1,)} if apart else {(0,)})
+    for call in capture.calls[-2:]:  # cond and uncond alike (their difference stays the prompt's)
+        (h, w) = call["grid"]
+        before, after = (call[k].view(4, h, w, -1) for k in ("before", "after"))
+        torch.testing.assert_close(after[:2], before[:2] * halves((h, w))[..., None])
