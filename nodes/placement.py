@@ -51,22 +51,24 @@ class LayerFusionPlacement(io.ComfyNode):
             category=CATEGORY,
             description="Placement hints for several foregrounds: a box or a mask per foreground weights that foreground's "
                         "structure prior, so its masks (and the object in the composite) stay in its place and two objects "
-                        "do not claim the same one, and (steer) its text, so its own layer draws the object there. Goes "
+                        "do not claim the same one, and (steer) where its prompt acts, so its own layer draws the object there. Goes "
                         "between LayerFusion Conditioning's positive and the sampler.",
             inputs=[
                 io.Conditioning.Input("positive", tooltip="LayerFusion Conditioning's positive."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="1: the prior is 0 outside the hint (the object's masks stay inside it). 0: no effect. "
-                                       "Between: outside the hint the prior is weighted by 1 - strength."),
+                               tooltip="1: the prior is 0 outside the hint (the object's masks stay inside it) and, with steer, "
+                                       "the foreground's prompt does not act there. 0: no effect. Between: outside the hint "
+                                       "both are weighted by 1 - strength."),
                 io.String.Input("boxes", multiline=True, default="", optional=True,
                                 tooltip="One line per foreground, bottom first (fg, fg_2, ..): 'x0 y0 x1 y1' as fractions of "
                                         "the picture (e.g. '0 0.2 0.5 1': the lower left part), or '-' for no box. A "
                                         "foreground with a mask takes no box."),
                 io.Boolean.Input("steer", default=True, optional=True,
-                                 tooltip="On: also weight each foreground's text (cross-attention) by its hint in every step, so "
-                                         "the foreground layer itself draws its object in its place. Off: only the masks (and "
-                                         "with them the composite) follow the hints; a foreground that draws its object "
-                                         "elsewhere is then cut at its hint's edge in the composite."),
+                                 tooltip="On: each foreground's prompt guides it only inside its hint (in every step its "
+                                         "cross-attention is taken from the uncond's outside the hint), so the foreground layer "
+                                         "itself draws its object in its place (at cfg 1, with no uncond, a cruder steer). Off: only the masks (and with "
+                                         "them the composite) follow the hints; a foreground that draws its object elsewhere is "
+                                         "then cut at its hint's edge in the composite."),
                 *masks,
             ],
             outputs=[io.Conditioning.Output("positive_out", display_name="positive",
