@@ -32,7 +32,8 @@ import torch
 
 from ..paths import REPO
 from ..testnodes import toy_models
-from . import scenes
+from . import pixels, scenes
+from .pixels import checker, has_colour, iou, near, save_grid
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("prompt", "blend_iou", "mask_iou", "bg_object", "outside", "inside", "alpha_iou")
@@ -119,22 +120,6 @@ class Toy:
         return Run(rgba, pictures[0], pictures[1], pictures[2], structure, soft, hard, patch.records.record if blend else None)
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = (a | b).sum().item()
-    return (a & b).sum().item() / union if union else 0.0
-
-
-def _near(rgb: torch.Tensor, colour: tuple[float, float, float], tolerance: float) -> torch.Tensor:
-    return (rgb - torch.tensor(colour, dtype=rgb.dtype)).abs().amax(dim=-1) < tolerance
-
-
-def has_colour(rgba: torch.Tensor, colour: tuple[float, float, float]) -> bool:
-    """Whether a foreground ``[H, W, 4]`` has an object (alpha > 0.5 on more than 1 % of it) whose mean
-    colour is near ``colour``."""
-    obj = rgba[..., 3] > 0.5
-    return bool(obj.sum() > 0.01 * obj.numel()) and bool(_near(rgba[..., :3][obj].mean(0), colour, 0.25).item())
-
-
 def claims(case: Case, run: Run) -> dict[str, float]:
     colour = scenes.OBJECT_COLOURS[case.colour]
     alpha = run.fg_rgba[..., 3]
@@ -142,15 +127,15 @@ def claims(case: Case, run: Run) -> dict[str, float]:
     fg_colour_ok = has_colour(run.fg_rgba, colour)
     base = scenes.BACKGROUND_COLOURS[case.bg_colour]
     light = tuple(c + (1 - c) * 0.45 for c in base)
-    bg_share = (_near(run.bg, base, 0.2) | _near(run.bg, light, 0.2)).float().mean().item()
-    blend_obj = _near(run.blend, colour, 0.25)
-    fg_obj = _near(run.fg_rgb, colour, 0.25).float()
+    bg_share = (near(run.bg, base, 0.2) | near(run.bg, light, 0.2)).float().mean().item()
+    blend_obj = near(run.blend, colour, 0.25)
+    fg_obj = near(run.fg_rgb, colour, 0.25).float()
     outside = alpha < 0.1
     out = {
         "prompt": float(fg_colour_ok and bg_share > 0.5),
-        "blend_iou": _iou(blend_obj, obj),
-        "mask_iou": _iou(run.hard > 0.5, obj) if run.hard is not None else float("nan"),
-        "bg_object": _near(run.bg, colour, 0.25).float().mean().item(),
+        "blend_iou": iou(blend_obj, obj),
+        "mask_iou": iou(run.hard > 0.5, obj) if run.hard is not None else float("nan"),
+        "bg_object": near(run.bg, colour, 0.25).float().mean().item(),
         "outside": (run.blend - run.bg).abs().mean(-1)[outside].mean().item() if outside.any() else float("nan"),
         "inside": (run.blend - torch.tensor(colour)).abs().mean(-1)[obj].mean().item() if obj.any() else float("nan"),
         "alpha_iou": (torch.minimum(alpha, fg_obj).sum() / torch.maximum(alpha, fg_obj).sum().clamp(min=1e-6)).item(),
@@ -165,7 +150,7 @@ def _top_iou(values: torch.Tensor, obj: torch.Tensor) -> float:
     if count == 0:
         return float("nan")
     threshold = values.flatten().topk(count).values[-1]
-    return _iou(values >= threshold, obj)
+    return iou(values >= threshold, obj)
 
 
 def block_report(case_runs: list[tuple[Case, Run]]) -> dict[str, dict[str, float]]:
@@ -185,12 +170,7 @@ def block_report(case_runs: list[tuple[Case, Run]]) -> dict[str, dict[str, float
 
 
 def summarise(rows: list[dict[str, float]], names: tuple[str, ...] = (*CLAIMS, *DIAGNOSTICS)) -> dict[str, tuple[float, float]]:
-    """Mean and spread of each of ``names`` over ``rows`` (NaN entries left out)."""
-    out = {}
-    for claim in names:
-        values = [r[claim] for r in rows if r[claim] == r[claim]]
-        out[claim] = (statistics.fmean(values), statistics.pstdev(values)) if values else (float("nan"), float("nan"))
-    return out
+    return pixels.summarise(rows, names)
 
 
 def table(on: dict[str, tuple[float, float]], off: dict[str, tuple[float, float]], count: int) -> str:
@@ -207,27 +187,13 @@ def table(on: dict[str, tuple[float, float]], off: dict[str, tuple[float, float]
     return "\n".join(lines)
 
 
-def checker(rgba: torch.Tensor) -> torch.Tensor:
-    """``rgba`` ``[H, W, 4]`` (straight alpha) over a grey checkerboard of 16 px squares: ``[H, W, 3]``."""
-    h, w = rgba.shape[:2]
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    board = torch.where(((ys // 16 + xs // 16) % 2 == 0), 0.8, 0.6).unsqueeze(-1).expand(h, w, 3)
-    return rgba[..., :3] * rgba[..., 3:] + board * (1 - rgba[..., 3:])
-
-
 def picture(runs: list[tuple[Run, Run]], path: Path) -> None:
     """Rows: one case; columns (on): fg over a checkerboard, bg, blend, hard mask; then the same off."""
-    import numpy as np
-    from PIL import Image
-
     rows = []
     for on, off in runs:
         mask = on.hard.unsqueeze(-1).expand(-1, -1, 3) if on.hard is not None else torch.zeros_like(on.bg)
-        cells = [checker(on.fg_rgba), on.bg, on.blend, mask, checker(off.fg_rgba), off.bg, off.blend]
-        rows.append(torch.cat([c.float().cpu() for c in cells], dim=1))
-    grid = torch.cat(rows, dim=0).clamp(0, 1).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+        rows.append([checker(on.fg_rgba), on.bg, on.blend, mask, checker(off.fg_rgba), off.bg, off.blend])
+    save_grid(rows, path)
 
 
 def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, Any], picture_path: Path | None = None,

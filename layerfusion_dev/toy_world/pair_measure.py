@@ -35,7 +35,8 @@ import torch
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, case_arguments, cases, checker, has_colour, start_host, summarise
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, case_arguments, cases, start_host
+from .pixels import checker, has_colour, iou, near, save_grid, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("fg_colour", "blend_iou", "fg_overlap", "mask_overlap", "in_place")
@@ -106,32 +107,24 @@ def run_pair(toy: Toy, case: PairCase, settings: dict[str, Any], kind: str, *, s
 def pair_claims(case: PairCase, run: PairRun) -> dict[str, float]:
     objects = run.fg_rgba[..., 3] > 0.5
     colours = (scenes.OBJECT_COLOURS[case.first.colour], scenes.OBJECT_COLOURS[case.colour_2])
-    in_composite = [_near(run.blend, colour, 0.25) for colour in colours]
+    in_composite = [near(run.blend, colour, 0.25) for colour in colours]
     halves = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
     halves[0, :, : SIZE // 2], halves[1, :, SIZE // 2:] = True, True
     drawn = sum(int(c.sum()) for c in in_composite)
     return {
         "fg_colour": sum(has_colour(run.fg_rgba[k], colours[k]) for k in range(2)) / 2,
-        "blend_iou": sum(_iou(in_composite[k], objects[k]) for k in range(2)) / 2,
-        "fg_overlap": _iou(objects[0], objects[1]),
-        "mask_overlap": _iou(run.hard[0] > 0.5, run.hard[1] > 0.5) if run.hard is not None else float("nan"),
+        "blend_iou": sum(iou(in_composite[k], objects[k]) for k in range(2)) / 2,
+        "fg_overlap": iou(objects[0], objects[1]),
+        "mask_overlap": iou(run.hard[0] > 0.5, run.hard[1] > 0.5) if run.hard is not None else float("nan"),
         "in_place": sum(int((in_composite[k] & halves[k]).sum()) for k in range(2)) / drawn if drawn else float("nan"),
     }
 
 
 def picture(runs: list[dict[str, PairRun]], path: Path) -> None:
     """Rows: one case; per run (`RUNS` order): the two foregrounds over a checkerboard and the composite."""
-    import numpy as np
-    from PIL import Image
-
-    rows = []
-    for by_kind in runs:
-        cells = [cell for kind in RUNS if kind in by_kind for cell in (checker(by_kind[kind].fg_rgba[0]),
-                                                                          checker(by_kind[kind].fg_rgba[1]), by_kind[kind].blend)]
-        rows.append(torch.cat([c.float().cpu() for c in cells], dim=1))
-    grid = torch.cat(rows, dim=0).clamp(0, 1).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+    save_grid([[cell for kind in RUNS if kind in by_kind
+                for cell in (checker(by_kind[kind].fg_rgba[0]), checker(by_kind[kind].fg_rgba[1]), by_kind[kind].blend)]
+               for by_kind in runs], path)
 
 
 def table(summaries: dict[str, dict[str, tuple[float, float]]], count: int) -> str:

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, _iou, _near, case_arguments, cases, checker, start_host, summarise
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, case_arguments, cases, start_host
+from .pixels import checker, iou, save_grid, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("blend_iou", "bg_exact", "outside_exact", "near_acts", "near_level", "far_acts", "unbanded_acts")
@@ -108,7 +109,7 @@ def photo_claims(case: Case, run: PhotoRun, hold: dict[str, Any]) -> dict[str, f
     unbanded = (run.band == 0) & clear if run.band is not None else None
     colour = scenes.OBJECT_COLOURS[case.colour]
     return {
-        "blend_iou": _iou(_near(run.blend, colour, 0.25), obj),
+        "blend_iou": iou(near(run.blend, colour, 0.25), obj),
         "bg_exact": float(run.bg_exact),
         "outside_exact": run.outside_exact,
         "near_acts": acts[near].float().mean().item() if near.any() else float("nan"),
@@ -121,9 +122,6 @@ def photo_claims(case: Case, run: PhotoRun, hold: dict[str, Any]) -> dict[str, f
 def picture(runs: list[tuple[PhotoRun, PhotoRun]], path: Path) -> None:
     """Rows: one case; columns: the photo, the foreground over a checkerboard, the composite (on), its
     light-and-shadow change (grey = none), the band (on); the composite with blending off."""
-    import numpy as np
-    from PIL import Image
-
     from layerfusion.layerfusion_core import light_shadow
 
     rows = []
@@ -131,10 +129,8 @@ def picture(runs: list[tuple[PhotoRun, PhotoRun]], path: Path) -> None:
         change = light_shadow.target(on.fg_rgba, on.photo, on.blend) - on.photo
         band = (on.band if on.band is not None else torch.zeros(on.photo.shape[:2])).unsqueeze(-1).expand(-1, -1, 3)
         cells = [on.photo, checker(on.fg_rgba), on.blend, 0.5 + 2 * change, band, off.blend]
-        rows.append(torch.cat([c.float().cpu() for c in cells], dim=1))
-    grid = torch.cat(rows, dim=0).clamp(0, 1).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+        rows.append(cells)
+    save_grid(rows, path)
 
 
 def table(on: dict[str, tuple[float, float]], off: dict[str, tuple[float, float]], count: int) -> str:
