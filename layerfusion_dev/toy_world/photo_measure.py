@@ -38,7 +38,7 @@ from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
 from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, case_arguments, cases, start_host
-from .pixels import checker, iou, save_grid, summarise
+from .pixels import checker, iou, near, save_grid, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
 CLAIMS = ("blend_iou", "bg_exact", "outside_exact", "near_acts", "near_level", "far_acts", "unbanded_acts")
@@ -103,7 +103,7 @@ def photo_claims(case: Case, run: PhotoRun, hold: dict[str, Any]) -> dict[str, f
     acts = (shadow[..., 3] > 0) | (light[..., 3] > 0)
     level = (light_shadow.target(light_shadow.eight_bit(run.fg_rgba), light_shadow.eight_bit(run.photo),
                                  light_shadow.eight_bit(run.blend)) - light_shadow.eight_bit(run.photo)).abs().amax(-1) * 255
-    near = _grown(obj, hold["dilate_px"]) & (alpha < 0.1)
+    beside = _grown(obj, hold["dilate_px"]) & (alpha < 0.1)
     clear = light_shadow.eight_bit(alpha) == 0
     far = ~_grown(obj, hold["dilate_px"] + hold["feather_px"]) & clear
     unbanded = (run.band == 0) & clear if run.band is not None else None
@@ -112,8 +112,8 @@ def photo_claims(case: Case, run: PhotoRun, hold: dict[str, Any]) -> dict[str, f
         "blend_iou": iou(near(run.blend, colour, 0.25), obj),
         "bg_exact": float(run.bg_exact),
         "outside_exact": run.outside_exact,
-        "near_acts": acts[near].float().mean().item() if near.any() else float("nan"),
-        "near_level": level[near].mean().item() if near.any() else float("nan"),
+        "near_acts": acts[beside].float().mean().item() if beside.any() else float("nan"),
+        "near_level": level[beside].mean().item() if beside.any() else float("nan"),
         "far_acts": acts[far].float().mean().item() if far.any() else float("nan"),
         "unbanded_acts": acts[unbanded].float().mean().item() if unbanded is not None and unbanded.any() else float("nan"),
     }
