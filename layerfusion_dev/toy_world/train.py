@@ -9,6 +9,11 @@ Stages, each resumable from its last saved state (in .cache/toy_world/, safetens
 Then the files are written to layerfusion_dev/toy_world/files/ (fp16) with their hashes.
 
     python -m layerfusion_dev.toy_world.train [--seed 0] [--base-steps N] [--fg-steps N] [--fresh]
+
+For experiments on the foreground LoRA (about 7 minutes instead of 45): ``--base-from <a toy checkpoint>``
+skips the base stage and trains only the LoRA on that file's UNet (fp16 weights, so not the bytes
+`make toy-world` gives), written alone to ``--out``; ``--fg-lr`` and ``--fg-alpha-weight`` (the alpha
+channel's share of the loss) set the LoRA stage. ``--scenes`` and ``--cache`` are for the tests.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from ..paths import REPO
 from ..testnodes import toy_models as models
 from . import scenes, states
+from .lora import LoRA
 
 log = logging.getLogger("layerfusion.toy_world")
 CACHE = REPO / ".cache" / "toy_world"
@@ -39,8 +45,6 @@ FG_LR = 3e-3
 SAVE_EVERY = 50
 DROP_PROMPT = 0.1
 ROLES = (("fg_grey", 0.25), ("bg", 0.35), ("blend", 0.40))  # base stage: what each sample shows
-LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 
 
 @dataclasses.dataclass
@@ -55,9 +59,9 @@ class World:
     blend_prompts: list[str]
 
 
-def build_world(seed: int, count: int = SCENES) -> World:
+def build_world(seed: int, count: int = SCENES, cache: Path = CACHE) -> World:
     source = hashlib.sha256(Path(scenes.__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()[:12]
-    path = CACHE / f"scenes_{seed}_{count}_{source}.safetensors"  # a change to the world or the latents renders anew
+    path = cache / f"scenes_{seed}_{count}_{source}.safetensors"  # a change to the world or the latents renders anew
     specs = scenes.draw_specs(count, torch.Generator().manual_seed(seed))
     if not path.is_file():
         import safetensors.torch
@@ -98,8 +102,10 @@ class Conditioner:
         return torch.stack([self.context[p] for p in prompts]), torch.stack([self.y[p] for p in prompts])
 
 
-def v_loss(model, x0: torch.Tensor, context: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The v-prediction loss, through ComfyUI's own `apply_model` (its input scaling and V_PREDICTION)."""
+def v_loss(model, x0: torch.Tensor, context: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+           alpha_weight: float = 1.0) -> torch.Tensor:
+    """The v-prediction loss, through ComfyUI's own `apply_model` (its input scaling and V_PREDICTION);
+    ``alpha_weight`` scales latent channel 3's squared error (the foreground's alpha)."""
     sigmas = models.sigma_table(model)
     index = torch.randint(0, len(sigmas), (x0.shape[0],), generator=gen)
     sigma = sigmas[index]
@@ -107,7 +113,10 @@ def v_loss(model, x0: torch.Tensor, context: torch.Tensor, y: torch.Tensor, gen:
     noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
     denoised = model.model.apply_model(noisy, sigma, c_crossattn=context, y=y)
     weight = (sigma**2 + 1) / sigma**2
-    return (((denoised - x0) ** 2).mean(dim=(1, 2, 3)) * weight).mean()
+    error = (denoised - x0) ** 2
+    if alpha_weight != 1.0:
+        error = error * torch.tensor([1.0, 1.0, 1.0, alpha_weight]).view(1, 4, 1, 1)
+    return (error.mean(dim=(1, 2, 3)) * weight).mean()
 
 
 def _step_generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -138,43 +147,6 @@ def fg_batch(world: World, gen: torch.Generator) -> tuple[torch.Tensor, list[str
     return torch.stack(latents), ["" if d else world.fg_prompts[i] for i, d in zip(index, drop)]
 
 
-class LoRA(torch.nn.Module):
-    """Rank-r factors on every attention projection of the UNet's transformer blocks, applied by forward
-    hooks (``out + up(down(x))``) so the base stays frozen and untouched."""
-
-    def __init__(self, diffusion_model: torch.nn.Module, rank: int, seed: int) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.names: list[str] = []
-        self.down = torch.nn.ParameterList()
-        self.up = torch.nn.ParameterList()
-        self._targets = []
-        for name, module in sorted(diffusion_model.named_modules(), key=lambda item: item[0]):
-            if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS) and ".transformer_blocks." in name:
-                self.names.append(name)
-                self.down.append(torch.nn.Parameter(torch.randn(rank, module.in_features, generator=gen) / module.in_features**0.5))
-                self.up.append(torch.nn.Parameter(torch.zeros(module.out_features, rank)))
-                self._targets.append(module)
-        self._handles = []
-
-    def attach(self) -> None:
-        for i, module in enumerate(self._targets):
-            self._handles.append(module.register_forward_hook(lambda mod, args, out, i=i: out + (args[0] @ self.down[i].T) @ self.up[i].T))
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def layerdiffuse_tensors(self) -> dict[str, torch.Tensor]:
-        """The factors under LayerDiffuse's key names: ``diffusion_model.<key>.weight::lora::0`` is up, ``::1`` down."""
-        out = {}
-        for name, down, up in zip(self.names, self.down, self.up):
-            out[f"diffusion_model.{name}.weight::lora::0"] = up.detach().half().contiguous()
-            out[f"diffusion_model.{name}.weight::lora::1"] = down.detach().half().contiguous()
-        return out
-
-
 def run_key(*parts: object) -> str:
     """What a saved training state belongs to: ``parts`` (the stage's data and settings)."""
     blob = b"".join(p.numpy().tobytes() if isinstance(p, torch.Tensor) else repr(p).encode() for p in parts)
@@ -182,11 +154,11 @@ def run_key(*parts: object) -> str:
 
 
 def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, steps: int, seed: int, lr: float,
-                key: str) -> list[float]:
+                key: str, cache: Path = CACHE) -> list[float]:
     from tqdm import tqdm
 
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
-    state_path = CACHE / f"{stage}_{seed}_{key}_state.safetensors"
+    state_path = cache / f"{stage}_{seed}_{key}_state.safetensors"
     start = states.load(state_path, params, optimizer)
     losses = []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"toy world: {stage}", unit="step")
@@ -205,50 +177,67 @@ def train_stage(stage: str, params: dict[str, torch.nn.Parameter], loss_of, step
     return losses
 
 
-def metadata(seed: int, base_steps: int, fg_steps: int) -> dict[str, str]:
-    """The files' metadata: one key (safetensors writes several keys in no fixed order, which would change the hashes)."""
-    return {"toy_world": json.dumps({"seed": seed, "base_steps": base_steps, "fg_steps": fg_steps, "lora_rank": LORA_RANK},
-                                    sort_keys=True)}
+def metadata(seed: int, base_steps: int, fg_steps: int, **experiment: object) -> dict[str, str]:
+    """The files' metadata: one key (safetensors writes several keys in no fixed order, which would change the hashes);
+    ``experiment``: what an experiment's LoRA changed (``make toy-world``'s own files have none)."""
+    return {"toy_world": json.dumps({"seed": seed, "base_steps": base_steps, "fg_steps": fg_steps, "lora_rank": LORA_RANK,
+                                     **experiment}, sort_keys=True)}
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-steps", type=int, default=BASE_STEPS)
     parser.add_argument("--fg-steps", type=int, default=FG_STEPS)
     parser.add_argument("--out", type=Path, default=models.FILES)
     parser.add_argument("--fresh", action="store_true", help="forget saved training states and start over")
+    parser.add_argument("--base-from", type=Path, help="a toy checkpoint: train only the foreground LoRA on its UNet")
+    parser.add_argument("--fg-lr", type=float, default=FG_LR, help="the LoRA stage's learning rate")
+    parser.add_argument("--fg-alpha-weight", type=float, default=1.0, help="the alpha channel's weight in the LoRA's loss")
+    parser.add_argument("--scenes", type=int, default=SCENES, help="how many training scenes")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the scenes and the saved states are kept")
     args = parser.parse_args(argv)
+    if args.base_from is not None and not args.base_from.is_file():
+        parser.error(f"--base-from: {args.base_from} is not a file (a toy checkpoint, e.g. {models.FILES / models.CHECKPOINT})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..host import import_comfy
 
     import_comfy(cpu=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.fresh:
-        for path in CACHE.glob(f"*_{args.seed}_*_state.safetensors"):
+        for path in args.cache.glob(f"*_{args.seed}_*_state.safetensors"):
             path.unlink()
     started = time.monotonic()
-    world = build_world(args.seed)
-    model = models.build_unet(args.seed)
-    clip = models.build_clip(args.seed)
-    vae = models.build_vae()
+    world = build_world(args.seed, args.scenes, args.cache)
+    if args.base_from is None:
+        model, clip, vae = models.build_unet(args.seed), models.build_clip(args.seed), models.build_vae()
+    else:
+        model, clip, vae = models.load_checkpoint(args.base_from)
     conditioner = Conditioner(model, clip)
     unet = model.model.diffusion_model
-    unet.train()
-    params = {k: p for k, p in unet.named_parameters()}
+    if args.base_from is None:
+        unet.train()
+        params = {k: p for k, p in unet.named_parameters()}
 
-    def base_loss(gen: torch.Generator) -> torch.Tensor:
-        latents, prompts = base_batch(world, gen)
-        return v_loss(model, latents, *conditioner.batch(prompts), gen)
+        def base_loss(gen: torch.Generator) -> torch.Tensor:
+            latents, prompts = base_batch(world, gen)
+            return v_loss(model, latents, *conditioner.batch(prompts), gen)
 
-    base_key = run_key(world.fg_grey, world.bg, world.blend, world.fg_prompts, world.bg_prompts, world.blend_prompts,
-                       args.seed, args.base_steps, BATCH, ROLES, DROP_PROMPT, BASE_LR, models.unet_config(),
-                       conditioner.fingerprint())
-    train_stage("base", params, base_loss, args.base_steps, args.seed, lr=BASE_LR, key=base_key)
+        base_key = run_key(world.fg_grey, world.bg, world.blend, world.fg_prompts, world.bg_prompts, world.blend_prompts,
+                           args.seed, args.base_steps, BATCH, ROLES, DROP_PROMPT, BASE_LR, models.unet_config(),
+                           conditioner.fingerprint())
+        train_stage("base", params, base_loss, args.base_steps, args.seed, lr=BASE_LR, key=base_key, cache=args.cache)
+    else:
+        base_key = run_key("base-from", sha256(args.base_from))
     for p in unet.parameters():
         p.requires_grad_(False)
     lora = LoRA(unet, LORA_RANK, args.seed)
@@ -256,23 +245,36 @@ def main(argv: list[str] | None = None) -> int:
 
     def fg_loss(gen: torch.Generator) -> torch.Tensor:
         latents, prompts = fg_batch(world, gen)
-        return v_loss(model, latents, *conditioner.batch(prompts), gen)
+        return v_loss(model, latents, *conditioner.batch(prompts), gen, args.fg_alpha_weight)
 
-    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=FG_LR,
-                key=run_key(base_key, world.fg, args.fg_steps, LORA_RANK, FG_LR))
+    experiment = {k: v for k, v in (("fg_lr", args.fg_lr), ("fg_alpha_weight", args.fg_alpha_weight), ("scenes", args.scenes))
+                  if v != {"fg_lr": FG_LR, "fg_alpha_weight": 1.0, "scenes": SCENES}[k]}
+    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=args.fg_lr,
+                key=run_key(base_key, world.fg, args.fg_steps, LORA_RANK, args.fg_lr, *experiment.items()), cache=args.cache)
     lora.detach()
     unet.eval()
+    write_files(args, model, clip, vae, lora, experiment, started)
+    return 0
 
+
+def write_files(args: argparse.Namespace, model, clip, vae, lora: LoRA, experiment: dict[str, object], started: float) -> None:
+    """The checkpoint, the LoRA and their hashes in ``args.out``; with ``--base-from`` the LoRA alone."""
     import safetensors.torch
 
-    meta = metadata(args.seed, args.base_steps, args.fg_steps)
-    models.save_checkpoint(args.out / models.CHECKPOINT, model, clip, vae, meta)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.base_from is not None:
+        experiment["base_from"] = args.base_from.name
+    meta = metadata(args.seed, args.base_steps if args.base_from is None else 0, args.fg_steps, **experiment)
+    names = [models.FG_LORA]
+    if args.base_from is None:
+        models.save_checkpoint(args.out / models.CHECKPOINT, model, clip, vae, meta)
+        names.insert(0, models.CHECKPOINT)
     safetensors.torch.save_file(dict(sorted(lora.layerdiffuse_tensors().items())), str(args.out / models.FG_LORA), metadata=meta)
-    hashes = {name: sha256(args.out / name) for name in (models.CHECKPOINT, models.FG_LORA)}
-    (args.out / "hashes.json").write_text(json.dumps(hashes, indent=1) + "\n")
-    log.info("toy world: wrote %s in %.0f s", ", ".join(f"{k} ({(args.out / k).stat().st_size / 1e6:.1f} MB)" for k in hashes),
+    if args.base_from is None:
+        hashes = {name: sha256(args.out / name) for name in names}
+        (args.out / "hashes.json").write_text(json.dumps(hashes, indent=1) + "\n")
+    log.info("toy world: wrote %s in %.0f s", ", ".join(f"{k} ({(args.out / k).stat().st_size / 1e6:.1f} MB)" for k in names),
              time.monotonic() - started)
-    return 0
 
 
 if __name__ == "__main__":
