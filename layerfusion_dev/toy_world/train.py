@@ -198,9 +198,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-from", type=Path, help="a toy checkpoint: train only the foreground LoRA on its UNet")
     parser.add_argument("--fg-lr", type=float, default=FG_LR, help="the LoRA stage's learning rate")
     parser.add_argument("--fg-alpha-weight", type=float, default=1.0, help="the alpha channel's weight in the LoRA's loss")
+    parser.add_argument("--fg-seed", type=int, help="the LoRA's own seed (its start and its draws; default --seed): "
+                        "one LoRA setting trained with several is how its spread shows")
     parser.add_argument("--scenes", type=int, default=SCENES, help="how many training scenes")
     parser.add_argument("--cache", type=Path, default=CACHE, help="where the scenes and the saved states are kept")
     args = parser.parse_args(argv)
+    args.fg_seed = args.seed if args.fg_seed is None else args.fg_seed
     if args.base_from is not None and not args.base_from.is_file():
         parser.error(f"--base-from: {args.base_from} is not a file (a toy checkpoint, e.g. {models.FILES / models.CHECKPOINT})")
     return args
@@ -214,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     import_comfy(cpu=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.fresh:
-        for path in args.cache.glob(f"*_{args.seed}_*_state.safetensors"):
-            path.unlink()
+        for seed in {args.seed, args.fg_seed}:
+            for path in args.cache.glob(f"*_{seed}_*_state.safetensors"):
+                path.unlink()
     started = time.monotonic()
     world = build_world(args.seed, args.scenes, args.cache)
     if args.base_from is None:
@@ -240,16 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         base_key = run_key("base-from", sha256(args.base_from))
     for p in unet.parameters():
         p.requires_grad_(False)
-    lora = LoRA(unet, LORA_RANK, args.seed)
+    lora = LoRA(unet, LORA_RANK, args.fg_seed)
     lora.attach()
 
     def fg_loss(gen: torch.Generator) -> torch.Tensor:
         latents, prompts = fg_batch(world, gen)
         return v_loss(model, latents, *conditioner.batch(prompts), gen, args.fg_alpha_weight)
 
-    experiment = {k: v for k, v in (("fg_lr", args.fg_lr), ("fg_alpha_weight", args.fg_alpha_weight), ("scenes", args.scenes))
-                  if v != {"fg_lr": FG_LR, "fg_alpha_weight": 1.0, "scenes": SCENES}[k]}
-    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.seed, lr=args.fg_lr,
+    usual = {"fg_lr": FG_LR, "fg_alpha_weight": 1.0, "scenes": SCENES, "fg_seed": args.seed}
+    experiment = {k: getattr(args, k) for k in usual if getattr(args, k) != usual[k]}
+    train_stage("fg", {f"lora.{k}": p for k, p in lora.named_parameters()}, fg_loss, args.fg_steps, args.fg_seed, lr=args.fg_lr,
                 key=run_key(base_key, world.fg, args.fg_steps, LORA_RANK, args.fg_lr, *experiment.items()), cache=args.cache)
     lora.detach()
     unet.eval()

@@ -68,11 +68,12 @@ def test_base_from_trains_the_lora_alone_and_records_what_it_changed(tmp_path):
 
     out = tmp_path / "lora"
     argv = [*train_args(tmp_path, out), "--base-from", str(toy_models.FILES / toy_models.CHECKPOINT),
-            "--fg-lr", "0.01", "--fg-alpha-weight", "4"]
+            "--fg-lr", "0.01", "--fg-alpha-weight", "4", "--fg-seed", "3"]
     assert train.main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == [toy_models.FG_LORA]
     meta = toy_models.read_metadata(out / toy_models.FG_LORA)["toy_world"]
     assert meta["base_from"] == toy_models.CHECKPOINT and meta["fg_lr"] == 0.01 and meta["fg_alpha_weight"] == 4.0
+    assert meta["fg_seed"] == 3 and meta["seed"] == 0
     assert meta["base_steps"] == 0 and meta["fg_steps"] == 2
 
 
