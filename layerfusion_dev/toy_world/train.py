@@ -12,8 +12,9 @@ Then the files are written to layerfusion_dev/toy_world/files/ (fp16) with their
 
 For experiments on the foreground LoRA (about 7 minutes instead of 45): ``--base-from <a toy checkpoint>``
 skips the base stage and trains only the LoRA on that file's UNet (fp16 weights, so not the bytes
-`make toy-world` gives), written alone to ``--out``; ``--fg-lr`` and ``--fg-alpha-weight`` (the alpha
-channel's share of the loss) set the LoRA stage. ``--scenes`` and ``--cache`` are for the tests.
+`make toy-world` gives), written alone to ``--out``; ``--fg-lr``, ``--fg-alpha-weight`` (the alpha
+channel's share of the loss) and ``--fg-seed`` (the LoRA's own start and draws) set the LoRA stage.
+``--scenes`` and ``--cache`` are for the tests.
 """
 
 from __future__ import annotations
