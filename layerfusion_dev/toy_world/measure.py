@@ -218,13 +218,16 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
 
 def case_arguments(doc: str | None, out: Path) -> argparse.ArgumentParser:
     """A measurement's command line: the cases (``--seeds``, ``--first-seed``), the sampling (``--steps``,
-    ``--cfg``) and the folder it writes (``--out``)."""
+    ``--cfg``), the folder it writes (``--out``) and the files it measures (``--checkpoint``, ``--lora``: an
+    experiment's LoRA, say)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED, help="another value draws other cases (held out)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--checkpoint", type=Path, default=toy_models.FILES / toy_models.CHECKPOINT)
+    parser.add_argument("--lora", type=Path, default=toy_models.FILES / toy_models.FG_LORA)
     return parser
 
 
@@ -245,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toy-settings", action="store_true",
                         help=f"start from the toy model's own LayerFusion Apply inputs ({toy_models.APPLY_SETTINGS}) instead of the defaults")
     parser.add_argument("--set", action="append", default=[], help="a LayerFusion Apply input, e.g. --set prior_at=0.5")
-    parser.add_argument("--checkpoint", type=Path, default=toy_models.FILES / toy_models.CHECKPOINT)
-    parser.add_argument("--lora", type=Path, default=toy_models.FILES / toy_models.FG_LORA)
     args = parser.parse_args(argv)
     start_host()
     settings = {**DEFAULTS, **(toy_models.APPLY_SETTINGS if args.toy_settings else {})}

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start_host()
     settings = {**DEFAULTS, **toy_models.APPLY_SETTINGS}
-    toy = Toy()
+    toy = Toy(args.checkpoint, args.lora)
     from tqdm import tqdm
 
     bar = tqdm(total=args.seeds, desc="toy world: two foregrounds", unit="seed")

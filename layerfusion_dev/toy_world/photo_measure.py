@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     start_host()
     settings = {**DEFAULTS, **toy_models.APPLY_SETTINGS}
     hold = dict(toy_models.HOLD_SETTINGS)
-    toy = Toy()
+    toy = Toy(args.checkpoint, args.lora)
     from tqdm import tqdm
 
     bar = tqdm(total=args.seeds, desc="toy world: your own background", unit="seed")
