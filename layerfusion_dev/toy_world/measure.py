@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -165,8 +164,9 @@ def block_report(case_runs: list[tuple[Case, Run]]) -> dict[str, dict[str, float
         for block in sorted({key for key, _ in record.soft}):
             _, soft, _ = mask_pictures.maps(record, block, -1, 10.0, tuple(obj.shape))
             per_block.setdefault(" ".join(map(str, block)), []).append((_top_iou(soft[0], obj), soft[0].mean().item()))
-    return {block: {"soft_top_iou": statistics.fmean(v[0] for v in values if v[0] == v[0]),
-                    "soft_mean": statistics.fmean(v[1] for v in values)} for block, values in per_block.items()}
+    rows = {block: [{"soft_top_iou": top, "soft_mean": mean} for top, mean in values] for block, values in per_block.items()}
+    return {block: {name: mean for name, (mean, _sd) in summarise(values, ("soft_top_iou", "soft_mean")).items()}
+            for block, values in rows.items()}  # NaN where no case had an object (alpha > 0.5)
 
 
 def summarise(rows: list[dict[str, float]], names: tuple[str, ...] = (*CLAIMS, *DIAGNOSTICS)) -> dict[str, tuple[float, float]]:
@@ -231,6 +231,14 @@ def case_arguments(doc: str | None, out: Path) -> argparse.ArgumentParser:
     return parser
 
 
+def files_record(checkpoint: Path, lora: Path) -> dict[str, str]:
+    """Which files a measurement ran on (names and the start of their SHA-256), for its results.json."""
+    import hashlib
+
+    return {kind: f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+            for kind, path in (("checkpoint", checkpoint), ("lora", lora))}
+
+
 def start_host() -> None:
     """Warnings only on the console, and ComfyUI importable on the CPU."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -262,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                      args.first_seed)
     bar.close()
     result["settings"] = settings
+    result["files"] = files_record(args.checkpoint, args.lora)
     result["steps"], result["cfg"], result["first_seed"] = args.steps, args.cfg, args.first_seed
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -35,7 +35,7 @@ import torch
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, case_arguments, cases, start_host
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, case_arguments, cases, files_record, start_host
 from .pixels import checker, has_colour, iou, near, save_grid, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
@@ -159,10 +159,12 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
 
 
 def merged(result: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
-    """``result`` with the rows of the kinds it did not run taken from ``earlier`` (the same cases and settings)."""
+    """``result`` with the rows of the kinds it did not run taken from ``earlier`` (the same cases, settings and
+    files; a results.json from before files were recorded was measured on the committed files)."""
+    committed = files_record(toy_models.FILES / toy_models.CHECKPOINT, toy_models.FILES / toy_models.FG_LORA)
     same = all(earlier.get(key) == result.get(key) for key in ("cases", "settings", "boxes", "steps", "cfg", "first_seed"))
-    if not same:
-        raise ValueError("the folder's results.json was measured on other cases or settings: run every kind")
+    if not same or earlier.get("files", committed) != result.get("files", committed):
+        raise ValueError("the folder's results.json was measured on other cases, settings or files: run every kind")
     rows = {**{k: v for k, v in earlier["rows"].items() if k not in result["rows"]}, **result["rows"]}
     return {**result, "rows": rows, "summary": {kind: summarise(rows[kind], CLAIMS) for kind in RUNS if kind in rows}}
 
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     picture_path = args.out / ("pairs.png" if kinds == RUNS else f"pairs_{'_'.join(kinds)}.png")
     result = measure(toy, args.seeds, args.steps, args.cfg, settings, picture_path, bar.update, args.first_seed, kinds)
     bar.close()
-    result.update(settings=settings, boxes=BOXES, steps=args.steps, cfg=args.cfg, first_seed=args.first_seed)
+    result.update(settings=settings, boxes=BOXES, steps=args.steps, cfg=args.cfg, first_seed=args.first_seed,
+                  files=files_record(args.checkpoint, args.lora))
     if kinds != RUNS and (args.out / "results.json").is_file():
         result = merged(result, json.loads((args.out / "results.json").read_text()))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..paths import REPO
 from ..testnodes import toy_models
 from . import scenes
-from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, case_arguments, cases, start_host
+from .measure import DEFAULTS, FIRST_SEED, SIZE, Case, Toy, case_arguments, cases, files_record, start_host
 from .pixels import checker, iou, near, save_grid, summarise
 
 log = logging.getLogger("layerfusion.toy_world")
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(toy, args.seeds, args.steps, args.cfg, settings, hold, args.out / "photo_on_off.png",
                      lambda *_: bar.update(), args.first_seed)
     bar.close()
-    result.update(settings=settings, hold=hold, steps=args.steps, cfg=args.cfg, first_seed=args.first_seed)
+    result.update(settings=settings, hold=hold, steps=args.steps, cfg=args.cfg, first_seed=args.first_seed,
+                  files=files_record(args.checkpoint, args.lora))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     text = table(result["summary_on"], result["summary_off"], args.seeds)
