@@ -157,16 +157,16 @@ def block_report(case_runs: list[tuple[Case, Run]]) -> dict[str, dict[str, float
     cases: the soft mask's IoU with alpha > 0.5 (its top area, so the threshold does not decide), and its mean."""
     from layerfusion.layerfusion_core.fusion import mask_pictures
 
-    per_block: dict[str, list[tuple[float, float]]] = {}
+    per_block: dict[str, list[dict[str, float]]] = {}
     for _case, run in case_runs:
         record = run.record
         obj = run.fg_rgba[..., 3] > 0.5
         for block in sorted({key for key, _ in record.soft}):
             _, soft, _ = mask_pictures.maps(record, block, -1, 10.0, tuple(obj.shape))
-            per_block.setdefault(" ".join(map(str, block)), []).append((_top_iou(soft[0], obj), soft[0].mean().item()))
-    rows = {block: [{"soft_top_iou": top, "soft_mean": mean} for top, mean in values] for block, values in per_block.items()}
-    return {block: {name: mean for name, (mean, _sd) in summarise(values, ("soft_top_iou", "soft_mean")).items()}
-            for block, values in rows.items()}  # NaN where no case had an object (alpha > 0.5)
+            per_block.setdefault(" ".join(map(str, block)), []).append({"soft_top_iou": _top_iou(soft[0], obj),
+                                                                         "soft_mean": soft[0].mean().item()})
+    return {block: {name: mean for name, (mean, _sd) in summarise(rows, ("soft_top_iou", "soft_mean")).items()}
+            for block, rows in per_block.items()}  # NaN where no case had an object (alpha > 0.5)
 
 
 def summarise(rows: list[dict[str, float]], names: tuple[str, ...] = (*CLAIMS, *DIAGNOSTICS)) -> dict[str, tuple[float, float]]:

@@ -161,9 +161,9 @@ def measure(toy: Toy, count: int, steps: int, cfg: float, settings: dict[str, An
 def merged(result: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
     """``result`` with the rows of the kinds it did not run taken from ``earlier`` (the same cases, settings and
     files; a results.json from before files were recorded was measured on the committed files)."""
-    committed = files_record(toy_models.FILES / toy_models.CHECKPOINT, toy_models.FILES / toy_models.FG_LORA)
     same = all(earlier.get(key) == result.get(key) for key in ("cases", "settings", "boxes", "steps", "cfg", "first_seed"))
-    if not same or earlier.get("files", committed) != result.get("files", committed):
+    files = earlier.get("files") or files_record(toy_models.FILES / toy_models.CHECKPOINT, toy_models.FILES / toy_models.FG_LORA)
+    if not same or files != result["files"]:
         raise ValueError("the folder's results.json was measured on other cases, settings or files: run every kind")
     rows = {**{k: v for k, v in earlier["rows"].items() if k not in result["rows"]}, **result["rows"]}
     return {**result, "rows": rows, "summary": {kind: summarise(rows[kind], CLAIMS) for kind in RUNS if kind in rows}}

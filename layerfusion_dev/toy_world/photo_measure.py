@@ -128,8 +128,7 @@ def picture(runs: list[tuple[PhotoRun, PhotoRun]], path: Path) -> None:
     for on, off in runs:
         change = light_shadow.target(on.fg_rgba, on.photo, on.blend) - on.photo
         band = (on.band if on.band is not None else torch.zeros(on.photo.shape[:2])).unsqueeze(-1).expand(-1, -1, 3)
-        cells = [on.photo, checker(on.fg_rgba), on.blend, 0.5 + 2 * change, band, off.blend]
-        rows.append(cells)
+        rows.append([on.photo, checker(on.fg_rgba), on.blend, 0.5 + 2 * change, band, off.blend])
     save_grid(rows, path)
 
 

@@ -229,18 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         model, clip, vae = models.load_checkpoint(args.base_from)
     conditioner = Conditioner(model, clip)
     unet = model.model.diffusion_model
+    unet.train()
     if args.base_from is None:
-        unet.train()
-        params = {k: p for k, p in unet.named_parameters()}
-
-        def base_loss(gen: torch.Generator) -> torch.Tensor:
-            latents, prompts = base_batch(world, gen)
-            return v_loss(model, latents, *conditioner.batch(prompts), gen)
-
-        base_key = run_key(world.fg_grey, world.bg, world.blend, world.fg_prompts, world.bg_prompts, world.blend_prompts,
-                           args.seed, args.base_steps, BATCH, ROLES, DROP_PROMPT, BASE_LR, models.unet_config(),
-                           conditioner.fingerprint())
-        train_stage("base", params, base_loss, args.base_steps, args.seed, lr=BASE_LR, key=base_key, cache=args.cache)
+        base_key = train_base(args, world, model, conditioner)
     else:
         base_key = run_key("base-from", sha256(args.base_from))
     for p in unet.parameters():
@@ -262,20 +253,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def train_base(args: argparse.Namespace, world: World, model, conditioner: Conditioner) -> str:
+    """The base stage (every UNet weight); returns its run key, which the LoRA stage's key builds on."""
+    def base_loss(gen: torch.Generator) -> torch.Tensor:
+        latents, prompts = base_batch(world, gen)
+        return v_loss(model, latents, *conditioner.batch(prompts), gen)
+
+    key = run_key(world.fg_grey, world.bg, world.blend, world.fg_prompts, world.bg_prompts, world.blend_prompts,
+                  args.seed, args.base_steps, BATCH, ROLES, DROP_PROMPT, BASE_LR, models.unet_config(), conditioner.fingerprint())
+    params = dict(model.model.diffusion_model.named_parameters())
+    train_stage("base", params, base_loss, args.base_steps, args.seed, lr=BASE_LR, key=key, cache=args.cache)
+    return key
+
+
 def write_files(args: argparse.Namespace, model, clip, vae, lora: LoRA, experiment: dict[str, object], started: float) -> None:
-    """The checkpoint, the LoRA and their hashes in ``args.out``; with ``--base-from`` the LoRA alone."""
+    """The LoRA in ``args.out``, and (not with ``--base-from``) the checkpoint and both files' hashes."""
     import safetensors.torch
 
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.base_from is not None:
-        experiment["base_from"] = args.base_from.name
-    meta = metadata(args.seed, args.base_steps if args.base_from is None else 0, args.fg_steps, **experiment)
-    names = [models.FG_LORA]
-    if args.base_from is None:
-        models.save_checkpoint(args.out / models.CHECKPOINT, model, clip, vae, meta)
-        names.insert(0, models.CHECKPOINT)
+    lora_only = args.base_from is not None
+    meta = metadata(args.seed, 0 if lora_only else args.base_steps, args.fg_steps, **experiment,
+                    **({"base_from": args.base_from.name} if lora_only else {}))
     safetensors.torch.save_file(dict(sorted(lora.layerdiffuse_tensors().items())), str(args.out / models.FG_LORA), metadata=meta)
-    if args.base_from is None:
+    names = [models.FG_LORA]
+    if not lora_only:
+        models.save_checkpoint(args.out / models.CHECKPOINT, model, clip, vae, meta)
+        names = [models.CHECKPOINT, models.FG_LORA]
         hashes = {name: sha256(args.out / name) for name in names}
         (args.out / "hashes.json").write_text(json.dumps(hashes, indent=1) + "\n")
     log.info("toy world: wrote %s in %.0f s", ", ".join(f"{k} ({(args.out / k).stat().st_size / 1e6:.1f} MB)" for k in names),
